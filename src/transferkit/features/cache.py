@@ -1,0 +1,115 @@
+"""A content-addressed on-disk cache of frozen features.
+
+An entry's address is the SHA-256 of the image file's bytes inside a namespace named
+by everything else that determines the feature: backbone name, architecture, weights
+digest, layer and preprocessing. Renaming or moving an image keeps its entry; changing
+one pixel, the weights or the crop makes a new one. Entries are single ``.npy`` files
+written atomically (temporary file + ``os.replace``), so an interrupted run leaves no
+half-written entry, and two runs may share a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.errors import CacheError
+
+CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/transferkit``, else ``~/.cache/transferkit``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "transferkit"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def namespace_key(identity: dict) -> str:
+    """A short stable hash of a JSON-able description of the feature extractor."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class FeatureCache:
+    """Feature vectors of one extractor, addressed by image content hash."""
+
+    def __init__(self, root: str | os.PathLike, identity: dict, dim: int | None = None):
+        self.root = Path(root).expanduser()
+        self.identity = identity
+        self.dim = dim
+        self.folder = self.root / "features" / namespace_key(identity)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot create the feature cache in {self.folder} ({exc}). "
+                             "Pass --cache-dir to a writable folder.") from exc
+        meta = self.folder / "extractor.json"
+        if not meta.exists():
+            atomic_write_bytes(meta, json.dumps(identity, indent=2, sort_keys=True,
+                                                default=str).encode())
+        self.n_invalid = 0
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The cached vector, or None when absent or unusable (it is then recomputed)."""
+        path = self._path(key)
+        if not path.exists():
+            return None
+        try:
+            vector = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            self.n_invalid += 1
+            warnings.warn(f"feature cache entry {path} is unreadable ({exc}); recomputing it.")
+            return None
+        if vector.ndim != 1 or (self.dim is not None and vector.shape[0] != self.dim):
+            self.n_invalid += 1
+            warnings.warn(f"feature cache entry {path} has shape {vector.shape}, expected "
+                          f"({self.dim},); recomputing it.")
+            return None
+        return vector
+
+    def put(self, key: str, vector: np.ndarray) -> None:
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        from io import BytesIO
+
+        buffer = BytesIO()
+        np.save(buffer, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+        try:
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError as exc:
+            raise CacheError(f"cannot write the feature cache entry {path} ({exc}).") from exc

@@ -1,0 +1,5 @@
+"""Transfer methods, one per file, each a scikit-learn-style estimator."""
+
+from transferkit.methods.linear_probe import LinearProbe
+
+__all__ = ["LinearProbe"]

@@ -1,0 +1,54 @@
+"""Shallow scikit-learn classifiers for frozen features, with hyper-parameters chosen by CV.
+
+Small target sets are the norm here (tens of images per class), so every choice that
+needs a validation signal (the regularisation strength C) is made by stratified
+cross-validation on the training features alone, never on the validation split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+
+from transferkit.errors import TransferkitError
+
+CLASSIFIERS = ("logreg", "svm", "knn", "mlp")
+C_GRID = np.logspace(-4, 2, 13)
+
+
+def _folds(y, cv: int, random_state: int):
+    smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+    n_splits = min(cv, smallest)
+    if n_splits < 2:
+        return None  # a class with one image: no CV possible, use defaults
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+
+
+def make_classifier(name: str, y, cv: int = 5, random_state: int = 0):
+    """A fresh, unfitted classifier pipeline for features; ``y`` sizes the CV folds."""
+    if name not in CLASSIFIERS:
+        raise TransferkitError(f"unknown classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}.")
+    folds = _folds(y, cv, random_state)
+    if name == "logreg":
+        if folds is None:
+            model = LogisticRegression(C=1.0, max_iter=5000)
+        else:
+            model = LogisticRegressionCV(Cs=C_GRID, cv=folds, max_iter=5000, scoring="neg_log_loss",
+                                         l1_ratios=(0.0,), use_legacy_attributes=False)
+    elif name == "svm":
+        svc = SVC(kernel="linear", probability=True, random_state=random_state)
+        model = svc if folds is None else GridSearchCV(svc, {"C": C_GRID}, cv=folds,
+                                                       scoring="balanced_accuracy")
+    elif name == "knn":
+        smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
+        model = KNeighborsClassifier(n_neighbors=max(1, min(5, smallest)), weights="distance")
+    else:
+        model = MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=1000,
+                              early_stopping=len(y) >= 100, random_state=random_state)
+    return make_pipeline(StandardScaler(), model)
