@@ -8,6 +8,7 @@ cross-validation on the training features alone, never on the validation split.
 from __future__ import annotations
 
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -42,9 +43,13 @@ def make_classifier(name: str, y, cv: int = 5, random_state: int = 0):
             model = LogisticRegressionCV(Cs=C_GRID, cv=folds, max_iter=5000, scoring="neg_log_loss",
                                          l1_ratios=(0.0,), use_legacy_attributes=False)
     elif name == "svm":
-        svc = SVC(kernel="linear", probability=True, random_state=random_state)
-        model = svc if folds is None else GridSearchCV(svc, {"C": C_GRID}, cv=folds,
-                                                       scoring="balanced_accuracy")
+        if folds is None:
+            raise TransferkitError("the svm classifier needs at least two training images per "
+                                   "class (for C and probability calibration); use logreg or knn.")
+        # Platt scaling fitted on held-out folds turns SVM margins into probabilities.
+        svc = CalibratedClassifierCV(SVC(kernel="linear", random_state=random_state),
+                                     cv=folds, ensemble=False)
+        model = GridSearchCV(svc, {"estimator__C": C_GRID}, cv=folds, scoring="balanced_accuracy")
     elif name == "knn":
         smallest = int(np.bincount(np.unique(y, return_inverse=True)[1]).min())
         model = KNeighborsClassifier(n_neighbors=max(1, min(5, smallest)), weights="distance")

@@ -1,0 +1,92 @@
+"""The command line: fit → predict → evaluate, --json output, clear errors, the demo."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, write_class_folder
+from transferkit.cli import main
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main([*argv, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, "--json must print exactly one JSON object"
+    return json.loads(out)
+
+
+@pytest.fixture
+def tiny(tiny_checkpoint):
+    path, arch = tiny_checkpoint
+    return ["--weights", str(path), "--arch", arch]
+
+
+def test_fit_predict_evaluate(tmp_path, capsys, tiny):
+    data = write_class_folder(tmp_path / "data", per_class=10, classes=("red", "blue", "green"))
+    (data / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
+    out = tmp_path / "model"
+    fit = run_json(capsys, "fit", str(data), "--out", str(out), *tiny)
+    for key in ("val_accuracy", "val_balanced_accuracy", "n_train", "n_val", "n_skipped",
+                "seconds", "extract_seconds"):
+        assert key in fit
+    assert fit["n_skipped"] == 1 and fit["skipped"][0]["path"].endswith("corrupt.jpg")
+    assert fit["n_train"] + fit["n_val"] == 30
+    assert fit["val_accuracy"] >= 0.8
+    assert (out / "config.json").exists() and (out / "metrics.json").exists()
+
+    new = write_class_folder(tmp_path / "new", per_class=3, classes=("red", "blue"), seed=9)
+    predicted = run_json(capsys, "predict", str(out), str(new))
+    assert len(predicted["predictions"]) == 6
+    for item in predicted["predictions"]:
+        assert item["label"] == item["path"].split("/")[-2]
+        assert abs(sum(item["probabilities"].values()) - 1) < 1e-6
+
+    scored = run_json(capsys, "evaluate", str(out), str(new))
+    assert scored["accuracy"] == 1.0 and scored["balanced_accuracy"] == 1.0
+    assert scored["confusion_matrix"]["labels"] == ["blue", "green", "red"]
+
+    # Human-readable output names the result and the saved model.
+    assert main(["evaluate", str(out), str(new)]) == 0
+    assert "balanced accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda root: write_class_folder(root, per_class=4, classes=("red",)), "only one class"),
+    (lambda root: root.mkdir(), "no class sub-folders"),
+    (lambda root: None, "no such file"),
+])
+def test_bad_data_gives_one_line_error(tmp_path, capsys, tiny, setup, message):
+    setup(tmp_path / "data")
+    code = main(["fit", str(tmp_path / "data"), "--out", str(tmp_path / "m"), *tiny])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "m").exists()  # nothing half-written
+
+
+def test_predict_with_a_folder_that_is_not_a_model(tmp_path, capsys):
+    (tmp_path / "x").mkdir()
+    assert main(["predict", str(tmp_path / "x"), str(tmp_path)]) == 2
+    assert "not a transferkit model folder" in capsys.readouterr().err
+
+
+def test_backbones_lists_the_bundled_ones(capsys):
+    listing = run_json(capsys, "backbones")
+    assert [b["name"] for b in listing["bundled"]][:3] == [
+        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "transferkit", "--version"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "transferkit" in result.stdout
+
+
+def test_demo_beats_raw_pixels(tmp_path, capsys):
+    result = run_json(capsys, "demo", "--out", str(tmp_path / "demo"), "--set", "textures")
+    textures = result["textures"]
+    assert textures["val_accuracy"] > textures["raw_pixels_val_accuracy"]
+    assert textures["val_accuracy"] >= 0.9
+    assert (tmp_path / "demo" / "models" / "textures" / "config.json").exists()

@@ -1,0 +1,109 @@
+"""Frozen feature extraction: the cache, the fast path, bad files, the sklearn transformer."""
+
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from conftest import write_class_folder
+from transferkit.backbones import create_backbone
+from transferkit.data.dataset import list_image_files
+from transferkit.errors import DataError
+from transferkit.features import FeatureExtractor, FrozenExtractor
+from transferkit.features.runtime import MATCH_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny_checkpoint):
+    path, arch = tiny_checkpoint
+    return create_backbone(weights=path, arch=arch)
+
+
+def _paths(folder):
+    return list_image_files(folder)
+
+
+def test_second_extraction_is_a_cache_hit_with_no_forward_pass(tiny_backbone, image_folder, tmp_path):
+    paths = _paths(image_folder)
+    first = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c")
+    cold = first.extract(paths)
+    assert first.n_forward_images == len(paths) and cold.n_cached == 0
+    second = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c")
+    warm = second.extract(paths)
+    assert second.n_forward_images == 0 and warm.n_cached == len(paths)
+    np.testing.assert_array_equal(cold.features, warm.features)
+    # Content-addressed: a renamed copy of a seen image is still a hit.
+    shutil.copy(paths[0], tmp_path / "renamed.png")
+    second.extract([tmp_path / "renamed.png"])
+    assert second.n_forward_images == 0
+
+
+def test_cache_is_keyed_by_weights(tiny_backbone, image_folder, tmp_path):
+    import torch
+
+    paths = _paths(image_folder)[:3]
+    FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c").extract(paths)
+    other = create_backbone(weights=tiny_backbone.source.split(":", 1)[1], arch=tiny_backbone.arch)
+    with torch.no_grad():
+        other.model.conv_stem.weight.add_(0.1)
+    from transferkit.backbones.registry import state_dict_digest
+
+    other.weights_digest = state_dict_digest(other.model)
+    changed = FrozenExtractor(other, cache_dir=tmp_path / "c")
+    changed.extract(paths)
+    assert changed.n_forward_images == 3
+
+
+def test_damaged_cache_entry_is_recomputed(tiny_backbone, image_folder, tmp_path):
+    paths = _paths(image_folder)[:2]
+    extractor = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c")
+    reference = extractor.extract(paths).features
+    entries = sorted(extractor.cache.folder.glob("*/*.npy"))
+    assert len(entries) == 2
+    np.save(entries[0], np.zeros(7, dtype=np.float32))      # wrong shape
+    entries[1].write_bytes(b"truncated")                      # unreadable
+    again = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c")
+    with pytest.warns(UserWarning, match="recomputing"):
+        result = again.extract(paths)
+    assert again.n_forward_images == 2
+    np.testing.assert_allclose(result.features, reference, atol=MATCH_TOLERANCE)
+    assert not list(extractor.cache.folder.glob("*/.*.tmp"))  # atomic writes leave no debris
+
+
+def test_corrupt_files_are_skipped_and_named(tiny_backbone, image_folder):
+    (image_folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (image_folder / "blue" / "readme.txt").write_text("not an image")
+    paths = _paths(image_folder)
+    result = FrozenExtractor(tiny_backbone, num_workers=2, batch_size=4).extract(paths)
+    skipped = {p.split("/")[-1] for p, _ in result.skipped}
+    assert skipped == {"broken.jpg", "readme.txt"}
+    assert result.ok.sum() == len(paths) - 2 == len(result.features)
+    assert not result.ok[paths.index(image_folder / "red" / "broken.jpg")]
+
+
+def test_fast_path_matches_eager_on_real_weights(image_folder, tmp_path):
+    backbone = create_backbone("efficientnet_lite0")
+    paths = _paths(image_folder)[:6]
+    fast = FrozenExtractor(backbone, cache_dir=tmp_path / "a", runtime="onnx").extract(paths)
+    eager = FrozenExtractor(backbone, cache_dir=tmp_path / "b", runtime="eager").extract(paths)
+    assert fast.runtime == "onnx" and eager.runtime == "eager"
+    assert fast.features.shape == (6, 1280)
+    assert np.abs(fast.features - eager.features).max() <= MATCH_TOLERANCE
+
+
+def test_feature_extractor_composes_with_pipeline_and_grid_search(tiny_checkpoint, tmp_path):
+    path, arch = tiny_checkpoint
+    root = write_class_folder(tmp_path / "imgs", per_class=6)
+    paths = np.array([str(p) for p in _paths(root)])
+    labels = np.array([p.split("/")[-2] for p in paths])
+    pipeline = make_pipeline(FeatureExtractor(weights=str(path), arch=arch),
+                             LogisticRegression(max_iter=2000))
+    search = GridSearchCV(pipeline, {"logisticregression__C": [0.1, 1.0]}, cv=2).fit(paths, labels)
+    assert search.best_score_ > 0.8  # colours are trivially separable
+    assert search.predict(paths[:2]).shape == (2,)
+    with pytest.raises(DataError, match="could not be read"):
+        (tmp_path / "bad.png").write_bytes(b"bad")
+        search.best_estimator_.predict([str(tmp_path / "bad.png")])

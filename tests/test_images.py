@@ -1,0 +1,67 @@
+"""Robust decoding: every PIL mode to RGB, EXIF orientation, bad files raise ImageDecodeError."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferkit.data import load_image
+from transferkit.errors import ImageDecodeError
+
+
+def test_rgba_is_composited_over_white(tmp_path):
+    pixels = np.zeros((4, 4, 4), dtype=np.uint8)
+    pixels[..., 0] = 255          # red ...
+    pixels[:2, :, 3] = 255        # ... opaque on top, fully transparent below
+    Image.fromarray(pixels, "RGBA").save(tmp_path / "a.png")
+    image = load_image(tmp_path / "a.png")
+    assert image.mode == "RGB"
+    array = np.asarray(image)
+    assert tuple(array[0, 0]) == (255, 0, 0)
+    assert tuple(array[3, 3]) == (255, 255, 255)
+
+
+def test_sixteen_bit_grey_keeps_its_range(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    array = np.asarray(load_image(tmp_path / "deep.png"))
+    # A naive convert("RGB") clips everything above 255 to white; we scale instead.
+    assert array[0, 0, 0] == 0 and array[-1, -1, 0] == 255
+    assert 100 < array[32, 0, 0] < 155
+
+
+def test_cmyk_palette_and_greyscale_become_rgb(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    Image.new("L", (8, 8), 77).save(tmp_path / "g.png")
+    Image.new("RGB", (8, 8), (10, 200, 30)).convert("P").save(tmp_path / "p.gif")
+    red = np.asarray(load_image(tmp_path / "c.jpg")).mean(axis=(0, 1))
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert tuple(np.asarray(load_image(tmp_path / "g.png"))[0, 0]) == (77, 77, 77)
+    green = np.asarray(load_image(tmp_path / "p.gif"))[0, 0]
+    assert green[1] > 150 and green[0] < 60
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 10, 20))  # left quarter red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    upright = load_image(tmp_path / "rotated.jpg")
+    assert upright.size == (20, 40)
+    top = np.asarray(upright)[:8].mean(axis=(0, 1))
+    assert top[0] > 200  # the red band is now on top
+
+
+def test_truncated_corrupt_and_non_image_files_raise(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "notes.txt").write_text("hello")
+    for name in ("cut.jpg", "junk.png", "notes.txt", "missing.jpg"):
+        with pytest.raises(ImageDecodeError) as info:
+            load_image(tmp_path / name)
+        assert name in str(info.value)
