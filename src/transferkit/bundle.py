@@ -38,16 +38,16 @@ def register_method(name: str):
 
 
 def _versions() -> dict:
-    import numpy
-    import sklearn
-    import timm
-    import torch
+    # Read from package metadata: importing torch just to print its version costs seconds.
+    from importlib.metadata import PackageNotFoundError, version
 
-    from transferkit import __version__
-
-    return {"transferkit": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "scikit-learn": sklearn.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version()}
+    versions = {"python": platform.python_version()}
+    for package in ("transferkit", "torch", "timm", "scikit-learn", "numpy", "onnxruntime"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return versions
 
 
 def write_json_atomic(path: Path, payload) -> None:

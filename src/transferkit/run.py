@@ -77,8 +77,8 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     summary = {
         "method": method,
         "out": str(Path(out)),
-        "backbone": estimator._extractor().backbone.name if hasattr(estimator, "_extractor")
-        else getattr(estimator, "backbone", None),
+        "backbone": estimator._extractor().identity()["backbone"]["name"]
+        if hasattr(estimator, "_extractor") else getattr(estimator, "backbone", None),
         "classes": [str(c) for c in estimator.classes_],
         "validation": splits.validation_source,
         "n_train": int(len(splits.train) - len(estimator.skipped_)),

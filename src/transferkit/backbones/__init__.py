@@ -5,6 +5,7 @@ from transferkit.backbones.registry import (
     DEFAULT_BACKBONE,
     Backbone,
     cached_hub_models,
+    weights_fingerprint,
     create_backbone,
     list_backbones,
     read_checkpoint,
@@ -12,4 +13,4 @@ from transferkit.backbones.registry import (
 )
 
 __all__ = ["DEFAULT_BACKBONE", "Backbone", "cached_hub_models", "create_backbone",
-           "list_backbones", "read_checkpoint", "register_backbone"]
+           "list_backbones", "read_checkpoint", "register_backbone", "weights_fingerprint"]

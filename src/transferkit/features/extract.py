@@ -8,41 +8,57 @@ it composes with ``Pipeline`` and ``GridSearchCV``.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from transferkit.backbones import DEFAULT_BACKBONE, Backbone, create_backbone
+from transferkit.backbones import DEFAULT_BACKBONE, weights_fingerprint
 from transferkit.data.images import load_image
 from transferkit.errors import DataError, ImageDecodeError, TransferkitError
-from transferkit.features.cache import FeatureCache, file_digest, namespace_key, resolve_cache_dir
-from transferkit.features.runtime import cpu_threads, make_runtime
+from transferkit.features.cache import (
+    FeatureCache,
+    atomic_write_bytes,
+    file_digest,
+    namespace_key,
+    resolve_cache_dir,
+)
+
+if TYPE_CHECKING:
+    from transferkit.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
 LAYERS = ("pre_logits",)
 
 
-class PreLogits(nn.Module):
-    """The pooled vector that feeds the classifier: timm's ``forward_head(pre_logits=True)``."""
+def layer_module(model, layer: str):
+    """The frozen network cut at ``layer``, as an ``nn.Module`` mapping images to vectors."""
+    from torch import nn
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    class PreLogits(nn.Module):
+        """The pooled vector that feeds the classifier: ``forward_head(pre_logits=True)``."""
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
+
+    if layer != "pre_logits":
+        raise TransferkitError(f"unknown layer {layer!r}; available: {', '.join(LAYERS)}.")
+    return PreLogits(model)
 
 
-class _DecodeDataset(Dataset):
+class _DecodeDataset:
     """Decodes and preprocesses one image per item; a bad file yields an error, not a crash."""
 
     def __init__(self, paths: list[Path], transform, input_shape):
@@ -58,9 +74,15 @@ class _DecodeDataset(Dataset):
             tensor = self.transform(load_image(self.paths[index]))
             return tensor, index, ""
         except ImageDecodeError as exc:
-            return torch.zeros(self.input_shape), index, str(exc)
+            return _zeros(self.input_shape), index, str(exc)
         except Exception as exc:  # a transform failing on an odd image is still "skip it"
-            return torch.zeros(self.input_shape), index, f"{self.paths[index]}: {exc}"
+            return _zeros(self.input_shape), index, f"{self.paths[index]}: {exc}"
+
+
+def _zeros(shape):
+    import torch
+
+    return torch.zeros(shape)
 
 
 @dataclass
@@ -77,36 +99,106 @@ class ExtractionResult:
 
 
 @functools.lru_cache(maxsize=4)
-def shared_backbone(name: str | None, weights: str | None, arch: str | None) -> Backbone:
+def shared_backbone(name: str | None, weights: str | None, arch: str | None) -> "Backbone":
     """Backbones are frozen, so estimators and CV clones may share one instance."""
+    from transferkit.backbones import create_backbone
+
     return create_backbone(name, weights=weights, arch=arch)
 
 
 class FrozenExtractor:
-    """Extracts one layer's features of a frozen backbone, with an on-disk cache."""
+    """Extracts one layer's features of a frozen backbone, with an on-disk cache.
 
-    def __init__(self, backbone: Backbone, layer: str = "pre_logits",
+    Give a built ``backbone``, or use :meth:`from_name`: then the network is built only
+    when an image is missing from the cache. What identifies the features (weights
+    digest, preprocessing) is memoised in the cache folder, keyed by the weights file's
+    path, size and modification time, so a full cache hit imports no deep-learning code.
+    """
+
+    def __init__(self, backbone: "Backbone | None" = None, layer: str = "pre_logits",
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                 runtime: str = "auto", batch_size: int = 32, num_workers: int | None = None):
+                 runtime: str = "auto", batch_size: int = 32, num_workers: int | None = None,
+                 source: tuple[str | None, str | None, str | None] | None = None):
         if layer not in LAYERS:
             raise TransferkitError(f"unknown layer {layer!r}; available: {', '.join(LAYERS)}.")
-        self.backbone = backbone
+        if backbone is None and source is None:
+            source = (DEFAULT_BACKBONE, None, None)
+        self._backbone = backbone
+        self.source = source
         self.layer = layer
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.runtime_name = runtime
-        self.transform = backbone.eval_transform()
-        self.input_shape = tuple(backbone.data_config["input_size"])
-        self.dim = backbone.num_features
         self.cache_root = resolve_cache_dir(cache_dir)
         self.use_cache = use_cache
         self._cache: FeatureCache | None = None
         self._runtime = None
+        self._transform = None
+        self._identity: dict | None = None
+        self._dim: int | None = None
         self.n_forward_images = 0  # images that went through the network (tests count it)
 
+    @classmethod
+    def from_name(cls, name: str | None = DEFAULT_BACKBONE, weights: str | None = None,
+                  arch: str | None = None, **options) -> "FrozenExtractor":
+        weights = None if weights is None else str(weights)
+        return cls(None, source=(name or DEFAULT_BACKBONE, weights, arch), **options)
+
+    @property
+    def backbone(self) -> "Backbone":
+        if self._backbone is None:
+            self._backbone = shared_backbone(*self.source)
+        return self._backbone
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            self._transform = self.backbone.eval_transform()
+        return self._transform
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.backbone.data_config["input_size"])
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.identity()
+        return self._dim
+
+    def _memo_path(self) -> Path | None:
+        if self._backbone is not None or not self.use_cache:
+            return None
+        fingerprint = weights_fingerprint(*self.source)
+        if fingerprint is None:
+            return None
+        versions = {pkg: importlib.metadata.version(pkg) for pkg in ("timm", "transferkit")}
+        key = namespace_key({"weights": fingerprint, "layer": self.layer, "versions": versions})
+        return self.cache_root / "identities" / f"{key}.json"
+
     def identity(self) -> dict:
-        return {"backbone": self.backbone.identity(), "layer": self.layer,
-                "preprocessing": repr(self.transform)}
+        """What determines the features: backbone identity, layer, preprocessing."""
+        if self._identity is not None:
+            return self._identity
+        memo = self._memo_path()
+        if memo is not None and memo.is_file():
+            try:
+                saved = json.loads(memo.read_text())
+                self._identity, self._dim = saved["identity"], int(saved["dim"])
+                return self._identity
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged memo is rebuilt below
+        self._identity = {"backbone": self.backbone.identity(), "layer": self.layer,
+                          "preprocessing": repr(self.transform)}
+        self._dim = self.backbone.num_features
+        if memo is not None:
+            try:
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(memo, json.dumps({"identity": self._identity,
+                                                     "dim": self._dim}).encode())
+            except OSError as exc:
+                log.warning("cannot write %s (%s); the cache still works.", memo, exc)
+        return self._identity
 
     @property
     def cache(self) -> FeatureCache | None:
@@ -117,12 +209,16 @@ class FrozenExtractor:
     @property
     def runtime(self):
         if self._runtime is None:
+            from transferkit.features.runtime import make_runtime
+
             onnx_path = self.cache_root / "onnx" / f"{namespace_key(self.identity())}.onnx"
-            self._runtime = make_runtime(PreLogits(self.backbone.model), self.input_shape,
-                                         self.runtime_name, onnx_path)
+            self._runtime = make_runtime(layer_module(self.backbone.model, self.layer),
+                                         self.input_shape, self.runtime_name, onnx_path)
         return self._runtime
 
     def _workers(self, n_images: int) -> int:
+        from transferkit.features.runtime import cpu_threads
+
         if self.num_workers is not None:
             return int(self.num_workers)
         # Worker start-up costs ~0.1 s each; only worth it for more than a few batches.
@@ -149,6 +245,8 @@ class FrozenExtractor:
         todo = [i for i in range(len(paths)) if rows[i] is None and i not in reasons]
         runtime_name = "cache"
         if todo:
+            from torch.utils.data import DataLoader
+
             runtime = self.runtime
             runtime_name = runtime.name
             dataset = _DecodeDataset([paths[i] for i in todo], self.transform, self.input_shape)
@@ -208,10 +306,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.progress = progress
 
     def fit(self, X=None, y=None):
-        backbone = shared_backbone(self.backbone, None if self.weights is None else str(self.weights),
-                                   self.arch)
-        self.extractor_ = FrozenExtractor(backbone, self.layer, self.cache_dir, self.use_cache,
-                                          self.runtime, self.batch_size, self.num_workers)
+        self.extractor_ = FrozenExtractor.from_name(
+            self.backbone, self.weights, self.arch, layer=self.layer, cache_dir=self.cache_dir,
+            use_cache=self.use_cache, runtime=self.runtime, batch_size=self.batch_size,
+            num_workers=self.num_workers)
         self.n_features_out_ = self.extractor_.dim
         return self
 

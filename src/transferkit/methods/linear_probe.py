@@ -19,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError
-from transferkit.features.extract import FrozenExtractor, _as_paths, shared_backbone
+from transferkit.features.extract import FrozenExtractor, _as_paths
 from transferkit.methods.classifiers import make_classifier
 
 SKOPS_FILE = "classifier.skops"
@@ -67,10 +67,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     # -- features ---------------------------------------------------------------------
     def _extractor(self) -> FrozenExtractor:
         if getattr(self, "extractor_", None) is None:
-            backbone = shared_backbone(self.backbone, None if self.weights is None else str(self.weights),
-                                       self.arch)
-            self.extractor_ = FrozenExtractor(backbone, self.layer, self.cache_dir, self.use_cache,
-                                              self.runtime, self.batch_size, self.num_workers)
+            self.extractor_ = FrozenExtractor.from_name(
+                self.backbone, self.weights, self.arch, layer=self.layer, cache_dir=self.cache_dir,
+                use_cache=self.use_cache, runtime=self.runtime, batch_size=self.batch_size,
+                num_workers=self.num_workers)
         return self.extractor_
 
     def extract(self, X):
@@ -136,7 +136,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         skops.io.dump(self.classifier_, Path(folder) / SKOPS_FILE)
         extractor = self._extractor()
         return {
-            "backbone": extractor.backbone.identity(),
+            "backbone": extractor.identity()["backbone"],
             "params": {k: (str(v) if isinstance(v, os.PathLike) else v)
                        for k, v in self.get_params().items()
                        if k not in ("cache_dir", "progress", "num_workers")},
@@ -160,7 +160,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         estimator.classifier_ = skops.io.load(path, trusted=untrusted)
         estimator.classes_ = np.asarray(config["classes"])
         estimator.n_features_in_ = int(config["n_features"])
-        digest = estimator._extractor().backbone.weights_digest
+        digest = estimator._extractor().identity()["backbone"]["weights_digest"]
         if digest != config["backbone"]["weights_digest"]:
             raise BundleError(
                 f"{folder} was trained on backbone weights {config['backbone']['weights_digest']}"
