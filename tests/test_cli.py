@@ -23,7 +23,7 @@ def tiny(tiny_checkpoint):
     return ["--weights", str(path), "--arch", arch]
 
 
-def test_fit_predict_evaluate(tmp_path, capsys, tiny):
+def test_fit_predict_evaluate(tmp_path, capsys, tiny, monkeypatch):
     data = write_class_folder(tmp_path / "data", per_class=10, classes=("red", "blue", "green"))
     (data / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
     out = tmp_path / "model"
@@ -43,9 +43,21 @@ def test_fit_predict_evaluate(tmp_path, capsys, tiny):
         assert item["label"] == item["path"].split("/")[-2]
         assert abs(sum(item["probabilities"].values()) - 1) < 1e-6
 
-    scored = run_json(capsys, "evaluate", str(out), str(new))
+    scored = run_json(capsys, "evaluate", str(out), str(new), "--cache-dir", str(tmp_path / "c2"))
+    assert (tmp_path / "c2" / "features").is_dir()
     assert scored["accuracy"] == 1.0 and scored["balanced_accuracy"] == 1.0
     assert scored["confusion_matrix"]["labels"] == ["blue", "green", "red"]
+
+    # Predicting images seen in fit runs no network: the cache answers.
+    import transferkit.features.runtime as runtime
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a forward pass was attempted on cached images")
+
+    monkeypatch.setattr(runtime, "make_runtime", no_network)
+    seen = [str(p) for p in sorted((data / "blue").glob("*.png"))]
+    again = run_json(capsys, "predict", str(out), *seen)
+    assert {item["label"] for item in again["predictions"]} == {"blue"}
 
     # Human-readable output names the result and the saved model.
     assert main(["evaluate", str(out), str(new)]) == 0

@@ -107,3 +107,33 @@ def test_feature_extractor_composes_with_pipeline_and_grid_search(tiny_checkpoin
     with pytest.raises(DataError, match="could not be read"):
         (tmp_path / "bad.png").write_bytes(b"bad")
         search.best_estimator_.predict([str(tmp_path / "bad.png")])
+
+
+def test_named_extractor_full_hit_builds_no_network(tiny_checkpoint, image_folder, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    import transferkit.features.extract as extract
+
+    weights = tmp_path / "w.safetensors"
+    shutil.copy(tiny_checkpoint[0], weights)
+    paths = _paths(image_folder)
+    first = FrozenExtractor.from_name(weights=weights, arch=tiny_checkpoint[1], cache_dir=tmp_path / "c")
+    reference = first.extract(paths).features
+    extract.shared_backbone.cache_clear()
+
+    def no_backbone(*args):
+        raise AssertionError("the backbone was built for a full cache hit")
+
+    monkeypatch.setattr(extract, "shared_backbone", no_backbone)
+    warm = FrozenExtractor.from_name(weights=weights, arch=tiny_checkpoint[1], cache_dir=tmp_path / "c")
+    np.testing.assert_array_equal(warm.extract(paths).features, reference)
+    monkeypatch.undo()
+
+    # New weights in the same file: the memo no longer matches, so features are recomputed.
+    state = load_file(str(weights))
+    state["conv_stem.weight"] = state["conv_stem.weight"] * 1.5
+    save_file(state, str(weights))
+    changed = FrozenExtractor.from_name(weights=weights, arch=tiny_checkpoint[1], cache_dir=tmp_path / "c")
+    result = changed.extract(paths)
+    assert changed.n_forward_images == len(paths)
+    assert np.abs(result.features - reference).max() > 1e-3

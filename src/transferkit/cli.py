@@ -200,10 +200,12 @@ def main(argv=None) -> int:
                              random_state=args.seed, **_fit_options(args))
             report = _report_fit
         elif args.command == "predict":
-            result = run.predict(args.model, args.images)
+            result = run.predict(args.model, args.images, progress=not quiet,
+                                 **_cache_options(args))
             report = _report_predict
         elif args.command == "evaluate":
-            result = run.evaluate(args.model, args.data)
+            result = run.evaluate(args.model, args.data, progress=not quiet,
+                                  **_cache_options(args))
             report = _report_evaluate
         elif args.command == "backbones":
             from transferkit.backbones import cached_hub_models, list_backbones

@@ -116,13 +116,25 @@ def _evaluation_images(data: Path, classes: list[str]) -> LabelledImages:
     return read_image_folder(data, classes)
 
 
-def evaluate(bundle: str | os.PathLike, data: str | os.PathLike) -> dict:
+def _load(bundle, cache_dir=None, use_cache: bool = True, progress: bool = False):
+    """Load a bundle and point its feature cache where the caller asks."""
+    estimator = load_bundle(bundle)
+    for name, value in (("cache_dir", cache_dir), ("use_cache", use_cache), ("progress", progress)):
+        if name in estimator.get_params():
+            setattr(estimator, name, value)
+    if hasattr(estimator, "extractor_"):
+        estimator.extractor_ = None  # rebuilt lazily with the options above
+    return estimator
+
+
+def evaluate(bundle: str | os.PathLike, data: str | os.PathLike, cache_dir=None,
+             use_cache: bool = True, progress: bool = False) -> dict:
     """Score a saved model on labelled images (a class-folder tree or a CSV).
 
     A folder holding ``test/`` (else ``val/``) sub-folders is scored on that part.
     """
     start = time.perf_counter()
-    estimator = load_bundle(bundle)
+    estimator = _load(bundle, cache_dir, use_cache, progress)
     data = Path(data)
     if not data.exists():
         raise DataError(f"{data}: no such file or folder.")
@@ -134,10 +146,11 @@ def evaluate(bundle: str | os.PathLike, data: str | os.PathLike) -> dict:
     return metrics
 
 
-def predict(bundle: str | os.PathLike, inputs) -> dict:
+def predict(bundle: str | os.PathLike, inputs, cache_dir=None, use_cache: bool = True,
+            progress: bool = False) -> dict:
     """Label and class probabilities for every image in ``inputs`` (files or folders)."""
     start = time.perf_counter()
-    estimator = load_bundle(bundle)
+    estimator = _load(bundle, cache_dir, use_cache, progress)
     paths = collect_images(inputs)
     proba, ok, skipped = estimator.predict_paths(paths)
     classes = [str(c) for c in estimator.classes_]
