@@ -36,26 +36,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LAYERS = ("pre_logits",)
+DEFAULT_LAYER = "pre_logits"
 
 
-def layer_module(model, layer: str):
-    """The frozen network cut at ``layer``, as an ``nn.Module`` mapping images to vectors."""
-    from torch import nn
-
-    class PreLogits(nn.Module):
-        """The pooled vector that feeds the classifier: ``forward_head(pre_logits=True)``."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, images):
-            return self.model.forward_head(self.model.forward_features(images), pre_logits=True)
-
-    if layer != "pre_logits":
-        raise TransferkitError(f"unknown layer {layer!r}; available: {', '.join(LAYERS)}.")
-    return PreLogits(model)
+def _layer_list(layer) -> list[str]:
+    if isinstance(layer, str):
+        return [part.strip() for part in layer.split(",") if part.strip()]
+    return [str(part) for part in layer]
 
 
 class _DecodeDataset:
@@ -89,13 +76,18 @@ def _zeros(shape):
 class ExtractionResult:
     """Features of the readable images, in input order, and what was skipped."""
 
-    features: np.ndarray          # (n_ok, dim) float32
+    features: np.ndarray          # (n_ok, total dim) float32: the layers concatenated
     ok: np.ndarray                # (n_input,) bool: which inputs have a row in features
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     n_cached: int = 0
     n_computed: int = 0
     seconds: float = 0.0
     runtime: str = ""
+    layers: dict[str, slice] = field(default_factory=dict)  # columns of each layer
+
+    def layer(self, name: str) -> np.ndarray:
+        """The columns of one tapped layer."""
+        return self.features[:, self.layers[name]]
 
 
 @functools.lru_cache(maxsize=4)
@@ -107,35 +99,47 @@ def shared_backbone(name: str | None, weights: str | None, arch: str | None) -> 
 
 
 class FrozenExtractor:
-    """Extracts one layer's features of a frozen backbone, with an on-disk cache.
+    """Extracts pooled features of one or more layers of a frozen backbone, with a cache.
+
+    ``layer`` is one name, a comma-separated list, a list, or ``"stages"`` / ``"fne"`` /
+    ``"all"`` (see :mod:`transferkit.backbones.taps`); all layers come from one forward
+    pass and are cached separately, so another combination of them costs no forward
+    pass. ``pooling`` (avg, max, avgmax, gem) turns feature maps into vectors.
 
     Give a built ``backbone``, or use :meth:`from_name`: then the network is built only
     when an image is missing from the cache. What identifies the features (weights
-    digest, preprocessing) is memoised in the cache folder, keyed by the weights file's
-    path, size and modification time, so a full cache hit imports no deep-learning code.
+    digest, preprocessing, layer sizes) is memoised in the cache folder, keyed by the
+    weights file's path, size and modification time, so a full cache hit imports no
+    deep-learning code.
     """
 
-    def __init__(self, backbone: "Backbone | None" = None, layer: str = "pre_logits",
+    def __init__(self, backbone: "Backbone | None" = None, layer=DEFAULT_LAYER,
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  runtime: str = "auto", batch_size: int = 32, num_workers: int | None = None,
-                 source: tuple[str | None, str | None, str | None] | None = None):
-        if layer not in LAYERS:
-            raise TransferkitError(f"unknown layer {layer!r}; available: {', '.join(LAYERS)}.")
+                 source: tuple[str | None, str | None, str | None] | None = None,
+                 pooling: str = "avg"):
+        from transferkit.backbones.taps import POOLINGS
+
+        if pooling not in POOLINGS:
+            raise TransferkitError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+        if not _layer_list(layer):
+            raise TransferkitError("no layer given.")
         if backbone is None and source is None:
             source = (DEFAULT_BACKBONE, None, None)
         self._backbone = backbone
         self.source = source
         self.layer = layer
+        self.pooling = pooling
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.runtime_name = runtime
         self.cache_root = resolve_cache_dir(cache_dir)
         self.use_cache = use_cache
-        self._cache: FeatureCache | None = None
+        self._caches: dict[str, FeatureCache] | None = None
         self._runtime = None
         self._transform = None
         self._identity: dict | None = None
-        self._dim: int | None = None
+        self._dims: dict[str, int] | None = None
         self.n_forward_images = 0  # images that went through the network (tests count it)
 
     @classmethod
@@ -161,10 +165,20 @@ class FrozenExtractor:
         return tuple(self.backbone.data_config["input_size"])
 
     @property
-    def dim(self) -> int:
-        if self._dim is None:
+    def layers(self) -> list[str]:
+        """The resolved module names, in output order."""
+        return list(self.dims)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """Length of each layer's pooled vector."""
+        if self._dims is None:
             self.identity()
-        return self._dim
+        return self._dims
+
+    @property
+    def dim(self) -> int:
+        return sum(self.dims.values())
 
     def _memo_path(self) -> Path | None:
         if self._backbone is not None or not self.use_cache:
@@ -173,47 +187,78 @@ class FrozenExtractor:
         if fingerprint is None:
             return None
         versions = {pkg: importlib.metadata.version(pkg) for pkg in ("timm", "transferkit")}
-        key = namespace_key({"weights": fingerprint, "layer": self.layer, "versions": versions})
+        key = namespace_key({"weights": fingerprint, "layer": _layer_list(self.layer),
+                             "pooling": self.pooling, "versions": versions})
         return self.cache_root / "identities" / f"{key}.json"
 
+    def _layer_dims(self, names: list[str]) -> dict[str, int]:
+        if names == ["pre_logits"]:
+            return {"pre_logits": int(self.backbone.num_features)}
+        from transferkit.backbones.taps import list_layers
+
+        infos = {info.name: info for info in list_layers(self.backbone.model, self.input_shape, names)}
+        factor = 2 if self.pooling == "avgmax" else 1
+        return {name: infos[name].channels * (1 if name == "pre_logits" else factor)
+                for name in names}
+
     def identity(self) -> dict:
-        """What determines the features: backbone identity, layer, preprocessing."""
+        """What determines the features: backbone identity, layers, pooling, preprocessing."""
         if self._identity is not None:
             return self._identity
         memo = self._memo_path()
         if memo is not None and memo.is_file():
             try:
                 saved = json.loads(memo.read_text())
-                self._identity, self._dim = saved["identity"], int(saved["dim"])
+                self._identity, self._dims = saved["identity"], dict(saved["dims"])
                 return self._identity
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged memo is rebuilt below
-        self._identity = {"backbone": self.backbone.identity(), "layer": self.layer,
-                          "preprocessing": repr(self.transform)}
-        self._dim = self.backbone.num_features
+        from transferkit.backbones.taps import resolve_layers
+
+        names = resolve_layers(self.backbone.model, _layer_list(self.layer))
+        self._dims = self._layer_dims(names)
+        self._identity = {"backbone": self.backbone.identity(), "layers": names,
+                          "pooling": self.pooling, "preprocessing": repr(self.transform)}
         if memo is not None:
             try:
                 memo.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(memo, json.dumps({"identity": self._identity,
-                                                     "dim": self._dim}).encode())
+                                                     "dims": self._dims}).encode())
             except OSError as exc:
                 log.warning("cannot write %s (%s); the cache still works.", memo, exc)
         return self._identity
 
+    def layer_identity(self, name: str) -> dict:
+        """Identity of one layer's features: the cache namespace of that layer."""
+        identity = self.identity()
+        own = {"backbone": identity["backbone"], "layer": name,
+               "preprocessing": identity["preprocessing"]}
+        if name != "pre_logits":  # pre_logits is pooled by the network itself
+            own["pooling"] = identity["pooling"]
+        return own
+
+    @property
+    def caches(self) -> dict[str, FeatureCache] | None:
+        if self.use_cache and self._caches is None:
+            self._caches = {name: FeatureCache(self.cache_root, self.layer_identity(name), dim)
+                            for name, dim in self.dims.items()}
+        return self._caches
+
     @property
     def cache(self) -> FeatureCache | None:
-        if self.use_cache and self._cache is None:
-            self._cache = FeatureCache(self.cache_root, self.identity(), self.dim)
-        return self._cache
+        """The cache of the first layer (the only one for single-layer extractors)."""
+        caches = self.caches
+        return None if caches is None else caches[self.layers[0]]
 
     @property
     def runtime(self):
         if self._runtime is None:
+            from transferkit.backbones.taps import make_tap_module
             from transferkit.features.runtime import make_runtime
 
             onnx_path = self.cache_root / "onnx" / f"{namespace_key(self.identity())}.onnx"
-            self._runtime = make_runtime(layer_module(self.backbone.model, self.layer),
-                                         self.input_shape, self.runtime_name, onnx_path)
+            module = make_tap_module(self.backbone.model, self.layers, self.pooling)
+            self._runtime = make_runtime(module, self.input_shape, self.runtime_name, onnx_path)
         return self._runtime
 
     def _workers(self, n_images: int) -> int:
@@ -224,23 +269,34 @@ class FrozenExtractor:
         # Worker start-up costs ~0.1 s each; only worth it for more than a few batches.
         return 0 if n_images <= 2 * self.batch_size else min(2, cpu_threads())
 
+    def _cached_row(self, key: str) -> list[np.ndarray] | None:
+        """All layers' vectors of one image, or None if any is missing."""
+        caches = self.caches
+        if caches is None:
+            return None
+        parts = []
+        for name in self.layers:
+            vector = caches[name].get(key)
+            if vector is None:
+                return None
+            parts.append(vector)
+        return parts
+
     def extract(self, paths, progress: bool = False) -> ExtractionResult:
         from tqdm.auto import tqdm
 
         start = time.perf_counter()
         paths = [Path(p) for p in paths]
-        rows: list[np.ndarray | None] = [None] * len(paths)
+        rows: list[list[np.ndarray] | None] = [None] * len(paths)
         reasons: dict[int, str] = {}
         keys: list[str | None] = [None] * len(paths)
-        cache = self.cache
         for i, path in enumerate(paths):
             try:
                 keys[i] = file_digest(path)
             except OSError as exc:
                 reasons[i] = f"{path}: cannot read file ({exc.strerror or exc})"
                 continue
-            if cache is not None:
-                rows[i] = cache.get(keys[i])
+            rows[i] = self._cached_row(keys[i])
         n_cached = sum(row is not None for row in rows)
         todo = [i for i in range(len(paths)) if rows[i] is None and i not in reasons]
         runtime_name = "cache"
@@ -249,6 +305,7 @@ class FrozenExtractor:
 
             runtime = self.runtime
             runtime_name = runtime.name
+            caches = self.caches
             dataset = _DecodeDataset([paths[i] for i in todo], self.transform, self.input_shape)
             workers = self._workers(len(todo))
             loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
@@ -262,27 +319,34 @@ class FrozenExtractor:
                         if err:
                             reasons[todo[int(index[j])]] = err
                     if good:
-                        output = runtime(images[good])
+                        outputs = runtime(images[good])
                         self.n_forward_images += len(good)
-                        for row, j in zip(output, good):
+                        for position, j in enumerate(good):
                             i = todo[int(index[j])]
-                            rows[i] = np.asarray(row, dtype=np.float32)
-                            if cache is not None:
-                                cache.put(keys[i], rows[i])
+                            rows[i] = [np.asarray(out[position], dtype=np.float32) for out in outputs]
+                            if caches is not None:
+                                for name, vector in zip(self.layers, rows[i]):
+                                    caches[name].put(keys[i], vector)
                     bar.update(len(errors))
         ok = np.array([row is not None for row in rows], dtype=bool)
-        features = (np.stack([row for row in rows if row is not None]).astype(np.float32)
+        features = (np.stack([np.concatenate(row) for row in rows if row is not None])
+                    .astype(np.float32, copy=False)
                     if ok.any() else np.zeros((0, self.dim), dtype=np.float32))
+        columns, offset = {}, 0
+        for name, width in self.dims.items():
+            columns[name] = slice(offset, offset + width)
+            offset += width
         skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
         return ExtractionResult(features, ok, skipped, n_cached, len(todo) - len(reasons),
-                                time.perf_counter() - start, runtime_name)
+                                time.perf_counter() - start, runtime_name, columns)
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
     """Image paths → frozen features of a pretrained backbone (a scikit-learn transformer).
 
     Parameters mirror the CLI: ``backbone`` (registry or timm name), ``weights`` and
-    ``arch`` for a local checkpoint, ``layer``, ``batch_size``, ``runtime``
+    ``arch`` for a local checkpoint, ``layer`` (one or several, comma-separated, or
+    ``stages``/``fne``/``all``; several are concatenated), ``pooling``, ``batch_size``, ``runtime``
     (auto/onnx/eager), ``cache_dir`` (None: ``$TRANSFERKIT_CACHE_DIR`` or
     ``~/.cache/transferkit``), ``use_cache``, ``num_workers``, ``progress``.
 
@@ -291,13 +355,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
-                 arch: str | None = None, layer: str = "pre_logits", batch_size: int = 32,
-                 runtime: str = "auto", cache_dir: str | None = None, use_cache: bool = True,
-                 num_workers: int | None = None, progress: bool = False):
+                 arch: str | None = None, layer: str = DEFAULT_LAYER, pooling: str = "avg",
+                 batch_size: int = 32, runtime: str = "auto", cache_dir: str | None = None,
+                 use_cache: bool = True, num_workers: int | None = None, progress: bool = False):
         self.backbone = backbone
         self.weights = weights
         self.arch = arch
         self.layer = layer
+        self.pooling = pooling
         self.batch_size = batch_size
         self.runtime = runtime
         self.cache_dir = cache_dir
@@ -307,7 +372,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         self.extractor_ = FrozenExtractor.from_name(
-            self.backbone, self.weights, self.arch, layer=self.layer, cache_dir=self.cache_dir,
+            self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
+            cache_dir=self.cache_dir,
             use_cache=self.use_cache, runtime=self.runtime, batch_size=self.batch_size,
             num_workers=self.num_workers)
         self.n_features_out_ = self.extractor_.dim
@@ -323,7 +389,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return result.features
 
     def get_feature_names_out(self, input_features=None):
-        return np.array([f"{self.layer}_{i}" for i in range(self.n_features_out_)], dtype=object)
+        return np.array([f"{name}_{i}" for name, width in self.extractor_.dims.items()
+                         for i in range(width)], dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -46,13 +46,17 @@ class EagerRuntime:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.n_batches = 0
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
+    def __call__(self, images: torch.Tensor) -> list[np.ndarray]:
+        """One array per output of the module (one per tapped layer)."""
         self.n_batches += 1
         with torch.inference_mode():
             images = images.to(self.device)
             if self.device.type == "cpu":
                 images = images.contiguous(memory_format=torch.channels_last)
-            return self.module(images).float().cpu().numpy()
+            outputs = self.module(images)
+            if isinstance(outputs, torch.Tensor):
+                outputs = (outputs,)
+            return [output.float().cpu().numpy() for output in outputs]
 
 
 class OnnxRuntime:
@@ -75,10 +79,10 @@ class OnnxRuntime:
         self.input_name = self.session.get_inputs()[0].name
         self.n_batches = 0
 
-    def __call__(self, images: torch.Tensor) -> np.ndarray:
+    def __call__(self, images: torch.Tensor) -> list[np.ndarray]:
         self.n_batches += 1
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
-        return self.session.run(None, {self.input_name: array})[0]
+        return self.session.run(None, {self.input_name: array})
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path) -> None:
@@ -87,21 +91,25 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path
 
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros((2, *input_shape))
+    with torch.inference_mode():
+        outputs = module.eval()(dummy)
+    n_outputs = 1 if isinstance(outputs, torch.Tensor) else len(outputs)
+    names = [f"features_{i}" for i in range(n_outputs)]
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of torch.export, but it is
         # 10x quicker here and handles timm's TF-"same" padding; it still works.
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), (dummy,), buffer, input_names=["images"],
-                          output_names=["features"], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+                          output_names=names, opset_version=17, dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def max_deviation(fast, eager: EagerRuntime, input_shape, seed: int = 0) -> float:
     generator = torch.Generator().manual_seed(seed)
     probe = torch.randn((3, *input_shape), generator=generator)
-    return float(np.abs(fast(probe) - eager(probe)).max())
+    return max(float(np.abs(a - b).max()) for a, b in zip(fast(probe), eager(probe)))
 
 
 def make_runtime(module: nn.Module, input_shape: tuple[int, int, int], runtime: str = "auto",
