@@ -39,13 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="folder (class sub-folders, optionally train/ val/ test/) or CSV "
                      "with path,label columns")
     fit.add_argument("--out", default="transferkit-model", help="model folder to write")
-    fit.add_argument("--method", default="linear_probe", choices=["linear_probe", "finetune"])
+    fit.add_argument("--method", default="linear_probe", choices=["linear_probe", "fne", "finetune"],
+                     help="linear_probe: frozen features + shallow classifier; fne: Full-Network "
+                     "Embedding + linear SVM; finetune: train the network")
     fit.add_argument("--backbone", default=None, help="bundled or timm model name "
                      "(default efficientnet_lite0; see `transferkit backbones`)")
     fit.add_argument("--weights", help="local checkpoint (.safetensors or state dict) for --arch")
     fit.add_argument("--arch", help="timm architecture of --weights")
-    fit.add_argument("--classifier", default="logreg", choices=["logreg", "svm", "knn", "mlp"],
-                     help="linear_probe: the shallow classifier")
+    fit.add_argument("--backbone-fuse", dest="fuse", action="append", default=[],
+                     help="another backbone whose features are concatenated (repeatable)")
+    probe = fit.add_argument_group("linear_probe / fne")
+    probe.add_argument("--classifier", choices=["logreg", "svm", "knn", "mlp"],
+                       help="the shallow classifier (default logreg; svm for fne)")
+    probe.add_argument("--layer", help="layer(s) to use: a name, a comma-separated list, "
+                       "'stages' or 'all' (see `transferkit backbones --layers`); default pre_logits")
+    probe.add_argument("--pooling", choices=["avg", "max", "avgmax", "gem"], default="avg")
+    probe.add_argument("--normalise", choices=["l2"], help="L2-normalise each feature vector")
+    probe.add_argument("--pca", type=float, help="PCA: components if >= 1, else share of variance")
     fit.add_argument("--val-fraction", type=float, default=0.2,
                      help="share of each class held out when DATA has no val/ folder")
     fit.add_argument("--seed", type=int, default=0, help="seeds every random choice")
@@ -74,7 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(evaluate)
 
     backbones = commands.add_parser("backbones", help="list the backbones usable here")
+    backbones.add_argument("--layers", metavar="BACKBONE",
+                           help="list this backbone's tappable layers instead")
     _common(backbones)
+
+    layers = commands.add_parser("layers", help="layer-transferability sweep: cross-validate a "
+                                 "classifier on every layer of a backbone")
+    layers.add_argument("data", help="labelled images (train and val parts are pooled)")
+    layers.add_argument("--backbone", default="efficientnet_lite0")
+    layers.add_argument("--weights")
+    layers.add_argument("--arch")
+    layers.add_argument("--layer", default="all", help="layers to probe (default all)")
+    layers.add_argument("--pooling", choices=["avg", "max", "avgmax", "gem"], default="avg")
+    layers.add_argument("--folds", type=int, default=5)
+    layers.add_argument("--classifier", choices=["ridge", "logreg", "svm", "knn", "mlp"],
+                        default="ridge", help="the probe (default ridge: fast, closed-form CV)")
+    layers.add_argument("--seed", type=int, default=0)
+    layers.add_argument("--out", default="layer-sweep", help="folder for layers.csv/json/png")
+    _extraction(layers)
+    _common(layers)
 
     demo = commands.add_parser("demo", help="run fit on image sets embedded in the installed "
                                "packages and compare with raw pixels")
@@ -91,10 +119,17 @@ def _cache_options(args) -> dict:
 
 
 def _fit_options(args) -> dict:
-    options = {"backbone": args.backbone or "efficientnet_lite0", "weights": args.weights,
+    backbone = "+".join([args.backbone or "efficientnet_lite0", *args.fuse])
+    options = {"backbone": backbone, "weights": args.weights,
                "arch": args.arch, "progress": not (args.quiet or args.json)}
-    if args.method == "linear_probe":
-        options.update(_cache_options(args), classifier=args.classifier)
+    if args.method in ("linear_probe", "fne"):
+        options.update(_cache_options(args), pooling=args.pooling, normalise=args.normalise)
+        if args.classifier:
+            options["classifier"] = args.classifier
+        if args.layer and args.method == "linear_probe":
+            options["layer"] = args.layer
+        if args.pca is not None:
+            options["pca"] = int(args.pca) if args.pca >= 1 else float(args.pca)
     else:
         for name in ("strategy", "k", "epochs", "lr", "lr_factor", "batch_size", "patience",
                      "device"):
@@ -102,6 +137,26 @@ def _fit_options(args) -> dict:
             if value is not None:
                 options[name] = value
     return options
+
+
+def _run_layers(args, quiet: bool) -> dict:
+    import numpy as np
+
+    from transferkit.data import load_dataset
+    from transferkit.evaluate.layer_sweep import layer_sweep, write_sweep
+
+    splits = load_dataset(args.data, random_state=args.seed)
+    parts = [part for part in (splits.train, splits.val) if part is not None]
+    paths = [path for part in parts for path in part.paths]
+    labels = np.concatenate([part.labels for part in parts])
+    sweep = layer_sweep(paths, labels, backbone=args.backbone, weights=args.weights,
+                        arch=args.arch, layers=args.layer, pooling=args.pooling, folds=args.folds,
+                        classifier=args.classifier, random_state=args.seed,
+                        cache_dir=args.cache_dir, progress=not quiet)
+    result = sweep.to_dict()
+    result["files"] = write_sweep(sweep, args.out, title=f"{Path(args.data).name}: "
+                                  f"{args.backbone} layers")
+    return result
 
 
 def _print_table(rows: list[list[str]]) -> None:
@@ -162,6 +217,25 @@ def _report_backbones(result: dict) -> None:
     print(result["note"])
 
 
+def _report_layers(result: dict) -> None:
+    if "rows" not in result:  # `backbones --layers`
+        rows = [["layer", "channels", "spatial"]]
+        rows += [[r["name"], str(r["channels"]), "x".join(map(str, r["spatial"])) or "-"]
+                 for r in result["layers"]]
+        _print_table(rows)
+        print(f"input size {'x'.join(map(str, result['input_size']))}; tap several with "
+              "--layer a,b or --layer stages|all")
+        return
+    rows = [["layer", "dim", "balanced accuracy", "seconds"]]
+    for row in result["rows"]:
+        rows.append([row["layer"], str(row["dim"]), f"{row['balanced_accuracy_mean']:.3f} ± "
+                     f"{row['balanced_accuracy_std']:.3f}", f"{row['seconds']:.2f}"])
+    _print_table(rows)
+    print(f"best single layer: {result['best_layer']}; best overall: {result['best_overall']} "
+          f"({result['folds']}-fold CV, {result['classifier']}, {result['n_images']} images)")
+    print(f"wrote {result['files']['csv']}, {result['files']['plot']}")
+
+
 def _report_demo(result: dict) -> None:
     rows = [["set", "train", "val", "pretrained features", "raw pixels", "model"]]
     for name, item in result.items():
@@ -207,6 +281,18 @@ def main(argv=None) -> int:
             result = run.evaluate(args.model, args.data, progress=not quiet,
                                   **_cache_options(args))
             report = _report_evaluate
+        elif args.command == "backbones" and args.layers:
+            from transferkit.backbones import create_backbone
+            from transferkit.backbones.taps import list_layers
+
+            backbone = create_backbone(args.layers)
+            size = backbone.data_config["input_size"]
+            result = {"backbone": args.layers, "input_size": list(size),
+                      "layers": [vars(info) for info in list_layers(backbone.model, size)]}
+            report = _report_layers
+        elif args.command == "layers":
+            result = _run_layers(args, quiet)
+            report = _report_layers
         elif args.command == "backbones":
             from transferkit.backbones import cached_hub_models, list_backbones
 

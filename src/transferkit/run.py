@@ -32,7 +32,17 @@ def _finetune(**options):
     return FineTuner(**options)
 
 
-METHOD_FACTORIES = {"linear_probe": _linear_probe, "finetune": _finetune}
+def _full_network_embedding(**options):
+    """Garcia-Gasulla et al. 2018: all stages pooled, standardised, discretised; linear SVM."""
+    from transferkit.methods.linear_probe import LinearProbe
+
+    options.setdefault("classifier", "svm")
+    options.update(layer="fne", pooling="avg", embedding="fne")  # FNE's definition
+    return LinearProbe(**options)
+
+
+METHOD_FACTORIES = {"linear_probe": _linear_probe, "fne": _full_network_embedding,
+                    "finetune": _finetune}
 
 
 def _names(images: LabelledImages) -> np.ndarray:
@@ -77,8 +87,7 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     summary = {
         "method": method,
         "out": str(Path(out)),
-        "backbone": estimator._extractor().identity()["backbone"]["name"]
-        if hasattr(estimator, "_extractor") else getattr(estimator, "backbone", None),
+        "backbone": getattr(estimator, "backbone", None),
         "classes": [str(c) for c in estimator.classes_],
         "validation": splits.validation_source,
         "n_train": int(len(splits.train) - len(estimator.skipped_)),

@@ -213,11 +213,12 @@ class FrozenExtractor:
                 return self._identity
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a damaged memo is rebuilt below
-        from transferkit.backbones.taps import resolve_layers
+        from transferkit.backbones.taps import resolve_layers, stage_layers
 
         names = resolve_layers(self.backbone.model, _layer_list(self.layer))
         self._dims = self._layer_dims(names)
-        self._identity = {"backbone": self.backbone.identity(), "layers": names,
+        stages = [name for name in stage_layers(self.backbone.model) if name in names]
+        self._identity = {"backbone": self.backbone.identity(), "layers": names, "stages": stages,
                           "pooling": self.pooling, "preprocessing": repr(self.transform)}
         if memo is not None:
             try:
@@ -339,6 +340,50 @@ class FrozenExtractor:
         skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
         return ExtractionResult(features, ok, skipped, n_cached, len(todo) - len(reasons),
                                 time.perf_counter() - start, runtime_name, columns)
+
+
+class FusedExtractor:
+    """Several backbones' features side by side (multi-backbone fusion)."""
+
+    def __init__(self, extractors: list[FrozenExtractor]):
+        self.extractors = extractors
+
+    def identity(self) -> dict:
+        parts = [extractor.identity() for extractor in self.extractors]
+        return {"backbone": [part["backbone"] for part in parts],
+                "layers": [part["layers"] for part in parts]}
+
+    @property
+    def layers(self) -> list[str]:
+        return [f"{extractor.identity()['backbone']['name']}:{name}"
+                for extractor in self.extractors for name in extractor.layers]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(zip(self.layers, (w for e in self.extractors for w in e.dims.values())))
+
+    @property
+    def dim(self) -> int:
+        return sum(extractor.dim for extractor in self.extractors)
+
+    @property
+    def n_forward_images(self) -> int:
+        return sum(extractor.n_forward_images for extractor in self.extractors)
+
+    def extract(self, paths, progress: bool = False) -> ExtractionResult:
+        paths = list(paths)
+        results = [extractor.extract(paths, progress) for extractor in self.extractors]
+        ok = np.logical_and.reduce([result.ok for result in results])
+        blocks = [result.features[ok[result.ok]] for result in results]
+        skipped = {path: reason for result in results for path, reason in result.skipped}
+        columns, offset = {}, 0
+        for name, width in self.dims.items():
+            columns[name] = slice(offset, offset + width)
+            offset += width
+        return ExtractionResult(np.concatenate(blocks, axis=1), ok, sorted(skipped.items()),
+                                min(r.n_cached for r in results), max(r.n_computed for r in results),
+                                sum(r.seconds for r in results),
+                                "+".join(r.runtime for r in results), columns)
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):

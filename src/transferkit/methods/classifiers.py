@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeClassifierCV
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
@@ -20,6 +20,9 @@ from sklearn.svm import SVC
 from transferkit.errors import TransferkitError
 
 CLASSIFIERS = ("logreg", "svm", "knn", "mlp")
+# Ridge has no probabilities, so it is not offered for saved models; its closed-form
+# leave-one-out choice of alpha makes it the quick probe for layer sweeps.
+SWEEP_CLASSIFIERS = CLASSIFIERS + ("ridge",)
 C_GRID = np.logspace(-4, 2, 13)
 
 
@@ -31,11 +34,13 @@ def _folds(y, cv: int, random_state: int):
     return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
 
 
-def make_classifier(name: str, y, cv: int = 5, random_state: int = 0):
-    """A fresh, unfitted classifier pipeline for features; ``y`` sizes the CV folds."""
-    if name not in CLASSIFIERS:
+def bare_classifier(name: str, y, cv: int = 5, random_state: int = 0):
+    """A fresh, unfitted classifier; ``y`` sizes the CV folds of its hyper-parameter search."""
+    if name not in SWEEP_CLASSIFIERS:
         raise TransferkitError(f"unknown classifier {name!r}; choose one of {', '.join(CLASSIFIERS)}.")
     folds = _folds(y, cv, random_state)
+    if name == "ridge":
+        return RidgeClassifierCV(alphas=np.logspace(-2, 4, 13))
     if name == "logreg":
         if folds is None:
             model = LogisticRegression(C=1.0, max_iter=5000)
@@ -56,4 +61,46 @@ def make_classifier(name: str, y, cv: int = 5, random_state: int = 0):
     else:
         model = MLPClassifier(hidden_layer_sizes=(256,), alpha=1e-3, max_iter=1000,
                               early_stopping=len(y) >= 100, random_state=random_state)
-    return make_pipeline(StandardScaler(), model)
+    return model
+
+
+def make_classifier(name: str, y, cv: int = 5, random_state: int = 0):
+    """Standardisation + the classifier ``name``: the plain linear-probe pipeline."""
+    return make_pipeline(StandardScaler(), bare_classifier(name, y, cv, random_state))
+
+
+def make_probe_pipeline(classifier: str, y, cv: int = 5, random_state: int = 0,
+                        embedding: str | None = None, normalise: str | None = None,
+                        pca: float | int | None = None):
+    """Feature post-processing + classifier, fitted on training features only.
+
+    ``embedding="fne"``: Full-Network Embedding (standardise + discretise), no scaler
+    after it; otherwise optional L2 normalisation of each vector, then per-feature
+    standardisation. ``pca``: keep ``k`` components (int) or a share of variance (float).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import Normalizer
+
+    steps = []
+    if embedding == "fne":
+        from transferkit.features.fne import FullNetworkEmbedding
+
+        steps.append(FullNetworkEmbedding())
+    elif embedding is not None:
+        raise TransferkitError(f"unknown embedding {embedding!r}; the only one is 'fne'.")
+    else:
+        if normalise == "l2":
+            steps.append(Normalizer())
+        elif normalise is not None:
+            raise TransferkitError(f"unknown normalisation {normalise!r}; use 'l2' or none.")
+        steps.append(StandardScaler())
+    if pca is not None:
+        n_train = len(y)
+        if isinstance(pca, float) and not 0 < pca < 1:
+            raise TransferkitError(f"pca as a share of variance must lie in (0, 1), got {pca}.")
+        if isinstance(pca, int) and pca < 1:
+            raise TransferkitError(f"pca needs at least one component, got {pca}.")
+        components = min(pca, n_train - 1) if isinstance(pca, int) else pca
+        steps.append(PCA(n_components=components, random_state=random_state))
+    steps.append(bare_classifier(classifier, y, cv, random_state))
+    return make_pipeline(*steps)

@@ -1,9 +1,12 @@
 """Linear probe: a shallow classifier on frozen pretrained features.
 
 Razavian et al. 2014, "CNN Features off-the-shelf: an Astounding Baseline for
-Recognition"; Donahue et al. 2014 (DeCAF). The backbone is frozen; features of one layer
-(the pooled pre-logits vector by default) feed a scikit-learn classifier whose
-regularisation is chosen by stratified cross-validation on the training set.
+Recognition"; Donahue et al. 2014 (DeCAF). The backbone is frozen; features of one or
+more layers (the pooled pre-logits vector by default; ``layer="fne"`` with
+``embedding="fne"`` gives the Full-Network Embedding) feed a scikit-learn classifier
+whose regularisation is chosen by stratified cross-validation on the training set.
+Several backbones can be fused: ``backbone="efficientnet_lite0+efficientnet_lite2"``
+concatenates their features.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError
-from transferkit.features.extract import FrozenExtractor, _as_paths
-from transferkit.methods.classifiers import make_classifier
+from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths
+from transferkit.methods.classifiers import make_probe_pipeline
 
 SKOPS_FILE = "classifier.skops"
 # What a bundle's classifier file may contain; anything else is refused on load.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
+_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.",
+                     "transferkit.features.fne.FullNetworkEmbedding")
 
 
 def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +50,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
-                 arch: str | None = None, layer: str = "pre_logits", classifier: str = "logreg",
+                 arch: str | None = None, layer: str = "pre_logits", pooling: str = "avg",
+                 classifier: str = "logreg", embedding: str | None = None,
+                 normalise: str | None = None, pca: float | int | None = None,
                  cv: int = 5, random_state: int = 0, cache_dir: str | None = None,
                  use_cache: bool = True, batch_size: int = 32, runtime: str = "auto",
                  num_workers: int | None = None, progress: bool = False):
@@ -54,7 +60,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.weights = weights
         self.arch = arch
         self.layer = layer
+        self.pooling = pooling
         self.classifier = classifier
+        self.embedding = embedding
+        self.normalise = normalise
+        self.pca = pca
         self.cv = cv
         self.random_state = random_state
         self.cache_dir = cache_dir
@@ -65,12 +75,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.progress = progress
 
     # -- features ---------------------------------------------------------------------
-    def _extractor(self) -> FrozenExtractor:
+    def _extractor(self) -> FrozenExtractor | FusedExtractor:
         if getattr(self, "extractor_", None) is None:
-            self.extractor_ = FrozenExtractor.from_name(
-                self.backbone, self.weights, self.arch, layer=self.layer, cache_dir=self.cache_dir,
-                use_cache=self.use_cache, runtime=self.runtime, batch_size=self.batch_size,
-                num_workers=self.num_workers)
+            names = [name.strip() for name in (self.backbone or DEFAULT_BACKBONE).split("+")]
+            if len(names) > 1 and self.weights is not None:
+                raise DataError("--weights applies to one backbone; fuse bundled or timm names.")
+            extractors = [FrozenExtractor.from_name(
+                name, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
+                cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
+                batch_size=self.batch_size, num_workers=self.num_workers) for name in names]
+            self.extractor_ = extractors[0] if len(extractors) == 1 else FusedExtractor(extractors)
         return self.extractor_
 
     def extract(self, X):
@@ -97,7 +111,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.classes_, encoded = encode_labels(y)
         if len(features) != len(encoded):
             raise DataError(f"{len(features)} feature rows but {len(encoded)} labels.")
-        self.classifier_ = make_classifier(self.classifier, encoded, self.cv, self.random_state)
+        self.classifier_ = make_probe_pipeline(self.classifier, encoded, self.cv, self.random_state,
+                                               embedding=self.embedding, normalise=self.normalise,
+                                               pca=self.pca)
         with warnings.catch_warnings():
             # Tiny folds make some C values fail to converge; the CV picks among the rest.
             warnings.simplefilter("ignore", category=UserWarning)
@@ -141,7 +157,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                        for k, v in self.get_params().items()
                        if k not in ("cache_dir", "progress", "num_workers")},
             "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
-            "layer": self.layer,
+            "layers": extractor.layers,
             "n_features": int(self.n_features_in_),
         }
 
@@ -160,10 +176,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         estimator.classifier_ = skops.io.load(path, trusted=untrusted)
         estimator.classes_ = np.asarray(config["classes"])
         estimator.n_features_in_ = int(config["n_features"])
-        digest = estimator._extractor().identity()["backbone"]["weights_digest"]
-        if digest != config["backbone"]["weights_digest"]:
-            raise BundleError(
-                f"{folder} was trained on backbone weights {config['backbone']['weights_digest']}"
-                f" but {config['backbone']['name']} here has weights {digest}; its classifier "
-                "would see different features. Install the same weights or re-run fit.")
+        saved = config["backbone"] if isinstance(config["backbone"], list) else [config["backbone"]]
+        here = estimator._extractor().identity()["backbone"]
+        here = here if isinstance(here, list) else [here]
+        for old, new in zip(saved, here):
+            if old["weights_digest"] != new["weights_digest"]:
+                raise BundleError(
+                    f"{folder} was trained on backbone weights {old['weights_digest']} but "
+                    f"{old['name']} here has weights {new['weights_digest']}; its classifier "
+                    "would see different features. Install the same weights or re-run fit.")
         return estimator
