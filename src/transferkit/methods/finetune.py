@@ -1,0 +1,455 @@
+"""Fine-tuning: train a new head on a pretrained network and (some of) its layers.
+
+Yosinski et al. 2014 ("How transferable are features in deep neural networks?"): early
+layers are general, late layers task-specific, so they are worth retraining first.
+Howard & Ruder 2018 (ULMFiT): gradual unfreezing (head first, then one more layer group
+at a time) and discriminative learning rates (each group ``lr_factor`` times slower than
+the one above it). Loss: cross-entropy (optional label smoothing) on the new head.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from transferkit.backbones import DEFAULT_BACKBONE
+from transferkit.bundle import register_method
+from transferkit.errors import BundleError, DataError, NotFittedError
+from transferkit.train.groups import (
+    classifier_name,
+    describe_groups,
+    discriminative_param_groups,
+    last_groups,
+    layer_groups,
+    set_trainable,
+)
+from transferkit.train.loop import TrainConfig, TrainConfigError, fit_loop
+
+STRATEGIES = ("gradual", "head", "last-k", "full")
+HEADS = ("linear", "mlp")
+MLP_HIDDEN = 256
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _as_paths(X) -> list[str]:
+    if isinstance(X, (str, os.PathLike)):
+        raise DataError("X must be a sequence of image paths, not a single path; wrap it in a list.")
+    return [str(p) for p in X]
+
+
+def build_head(kind: str, n_features: int, n_classes: int, dropout: float):
+    """The new classifier. Always a ``Sequential`` so saved weights have one layout."""
+    from torch import nn
+
+    if kind == "mlp":
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features, MLP_HIDDEN), nn.ReLU(),
+                             nn.Dropout(dropout), nn.Linear(MLP_HIDDEN, n_classes))
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features, n_classes))
+
+
+def install_head(model, kind: str, n_classes: int, dropout: float) -> str:
+    """Replace the model's classifier by a new head; returns the classifier's attribute path."""
+    # reset_classifier first: timm then sets num_classes and the pooling it expects.
+    model.reset_classifier(n_classes)
+    name = classifier_name(model)
+    if name is None:
+        raise TrainConfigError(f"{type(model).__name__} has no classifier timm can reset.")
+    parent = model
+    *path, last = name.split(".")
+    for part in path:
+        parent = getattr(parent, part)
+    setattr(parent, last, build_head(kind, int(model.num_features), n_classes, dropout))
+    return name
+
+
+def classification_step(label_smoothing: float, skipped: set):
+    """``step_fn`` for the loop: cross-entropy of a batch from :mod:`transferkit.train.data`."""
+    import torch.nn.functional as F
+
+    def step(model, batch):
+        images, labels, bad, _ = batch
+        skipped.update(bad)
+        if len(labels) == 0:
+            return None, 0, 0
+        logits = model(images).float()
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        return loss, (logits.argmax(1) == labels).sum(), len(labels)
+
+    return step
+
+
+def _resolve_device(device: str):
+    import torch
+
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _json_label(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+@register_method("finetune")
+class FineTuner(ClassifierMixin, BaseEstimator):
+    """Fine-tune a pretrained timm network on image files (``X``: paths, ``y``: labels).
+
+    Strategies (``strategy``):
+
+    * ``"head"``: the pretrained network is frozen (BatchNorm statistics included); only
+      the new head learns. Cheapest; right when the data are tiny or close to ImageNet.
+    * ``"last-k"``: the head plus the last ``k`` layer groups learn.
+    * ``"full"``: every group learns, group ``i`` of ``N`` at ``lr * lr_factor**(N-1-i)``.
+    * ``"gradual"`` (default): ULMFiT gradual unfreezing. The head trains alone until the
+      validation loss stalls, then one more group is unfrozen per stage (each stage with
+      early stopping and its best weights kept) until every group learns or the epoch
+      budget ``epochs`` is spent. It is the default because on small data a randomly
+      initialised head would otherwise send large gradients into pretrained layers and
+      distort them (Yosinski et al. 2014; Howard & Ruder 2018; Kumar et al. 2022), while
+      it still adapts the late, task-specific layers that ``"head"`` cannot.
+
+    Layer groups come from timm's ``group_matcher`` (stem, stages, head); see
+    :func:`transferkit.train.groups.layer_groups`. Augmentation is timm's training
+    transform for the backbone (random resized crop, flip, colour jitter; RandAugment
+    ``rand-m9-mstd0.5`` when ``rand_augment``). When no ``X_val`` is given, a seeded
+    stratified ``val_fraction`` of ``X`` serves for early stopping (``val_fraction=0``:
+    no validation, no early stopping). Unreadable training images are skipped with a
+    warning (``skipped_``); ``predict`` raises :class:`DataError` on them.
+    ``run_dir`` keeps checkpoints, ``metrics.csv`` and ``learning_curves.png``; fitting
+    again with the same ``run_dir`` resumes an interrupted run.
+    ``precision="fp32"`` by default: on CPUs bf16 autocast was measured slower (see
+    ``benchmarks/RESULTS_finetune.md``); use ``"bf16"``/``"fp16"`` on GPUs.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
+                 arch: str | None = None, strategy: str = "gradual", k: int = 2, epochs: int = 15,
+                 lr: float = 1e-3, lr_factor: float = 1 / 3, batch_size: int = 32,
+                 patience: int | None = 3, optimizer: str = "adamw", schedule: str = "cosine",
+                 weight_decay: float = 0.01, head: str = "linear", dropout: float = 0.2,
+                 label_smoothing: float = 0.0, rand_augment: bool = False,
+                 image_size: int | None = None, precision: str = "fp32", device: str = "auto",
+                 val_fraction: float = 0.2, random_state: int = 0, num_workers: int | None = None,
+                 progress: bool = True, run_dir: str | None = None):
+        self.backbone = backbone
+        self.weights = weights
+        self.arch = arch
+        self.strategy = strategy
+        self.k = k
+        self.epochs = epochs
+        self.lr = lr
+        self.lr_factor = lr_factor
+        self.batch_size = batch_size
+        self.patience = patience
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.weight_decay = weight_decay
+        self.head = head
+        self.dropout = dropout
+        self.label_smoothing = label_smoothing
+        self.rand_augment = rand_augment
+        self.image_size = image_size
+        self.precision = precision
+        self.device = device
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+        self.num_workers = num_workers
+        self.progress = progress
+        self.run_dir = run_dir
+
+    # -- checks -----------------------------------------------------------------------
+    def _check_params(self) -> None:
+        def bad(message):
+            raise TrainConfigError(message)
+
+        if self.strategy not in STRATEGIES:
+            bad(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}.")
+        if self.head not in HEADS:
+            bad(f"unknown head {self.head!r}; choose one of {HEADS}.")
+        if not isinstance(self.k, (int, np.integer)) or self.k < 0:
+            bad(f"k must be a non-negative integer, got {self.k!r}.")
+        if not isinstance(self.epochs, (int, np.integer)) or self.epochs < 1:
+            bad(f"epochs must be a positive integer, got {self.epochs!r}.")
+        if not self.lr > 0:
+            bad(f"lr must be positive, got {self.lr!r}.")
+        if not 0 < self.lr_factor <= 1:
+            bad(f"lr_factor must lie in (0, 1], got {self.lr_factor!r}.")
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            bad(f"batch_size must be a positive integer, got {self.batch_size!r}.")
+        if not 0 <= self.dropout < 1:
+            bad(f"dropout must lie in [0, 1), got {self.dropout!r}.")
+        if not 0 <= self.label_smoothing < 1:
+            bad(f"label_smoothing must lie in [0, 1), got {self.label_smoothing!r}.")
+        if not 0 <= self.val_fraction < 1:
+            bad(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}.")
+        if self.image_size is not None and int(self.image_size) < 16:
+            bad(f"image_size must be at least 16 pixels, got {self.image_size!r}.")
+
+    def _check_fitted(self) -> None:
+        if getattr(self, "model_", None) is None:
+            raise NotFittedError("This FineTuner is not fitted yet; call fit(X, y) first.")
+
+    def _encode(self, X, y, what: str) -> tuple[list[str], np.ndarray]:
+        paths = _as_paths(X)
+        y = np.asarray(y)
+        if y.ndim != 1:
+            raise DataError(f"{what} labels must be one-dimensional, got shape {y.shape}.")
+        if len(paths) != len(y):
+            raise DataError(f"{what}: {len(paths)} images but {len(y)} labels.")
+        if not paths:
+            raise DataError(f"{what}: no images given.")
+        return paths, y
+
+    # -- fitting ----------------------------------------------------------------------
+    def _train_config(self, epochs: int, patience, stage: int, desc: str) -> TrainConfig:
+        return TrainConfig(epochs=epochs, optimizer=self.optimizer, schedule=self.schedule,
+                           patience=patience, device=self.device, precision=self.precision,
+                           seed=int(self.random_state) + stage, progress=self.progress, desc=desc)
+
+    def _stages(self, groups) -> list[tuple[str, set[int], bool]]:
+        """``(name, trainable group indices, is_last_stage)`` for each training stage."""
+        n_backbone = sum(not g.is_head for g in groups)
+        if self.strategy == "head":
+            return [("head", last_groups(groups, 0), True)]
+        if self.strategy == "last-k":
+            return [(f"last-{self.k}", last_groups(groups, min(self.k, n_backbone)), True)]
+        if self.strategy == "full":
+            return [("full", last_groups(groups, n_backbone), True)]
+        return [(f"unfreeze-{n}", last_groups(groups, n), n == n_backbone) for n in range(n_backbone + 1)]
+
+    def _stage_budget(self, remaining: int, last: bool, has_val: bool) -> tuple[int, int | None]:
+        """(max epochs, patience) of a stage given the epochs left in the budget."""
+        if last or self.strategy != "gradual":
+            return remaining, self.patience
+        # Gradual, intermediate stage: stop at the first epoch without improvement ("until
+        # the validation loss stalls"), capped so the budget reaches deeper groups. Without
+        # validation, one epoch per stage as in ULMFiT.
+        cap = max(2, self.epochs // 4) if has_val else 1
+        return min(remaining, cap), 1
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Fine-tune on image paths ``X`` with labels ``y``; returns ``self``."""
+        import torch
+
+        from transferkit.backbones import create_backbone
+        from transferkit.data.dataset import LabelledImages, stratified_split
+        from transferkit.train.data import image_loader
+
+        self._check_params()
+        paths, y = self._encode(X, y, "training data")
+        classes, encoded = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise DataError(f"need at least two classes to fine-tune a classifier, got {list(classes)}.")
+        if X_val is not None:
+            if y_val is None:
+                raise DataError("X_val was given without y_val.")
+            val_paths, y_val = self._encode(X_val, y_val, "validation data")
+            unknown = sorted(set(np.unique(y_val).tolist()) - set(classes.tolist()))
+            if unknown:
+                raise DataError(f"validation labels {unknown} do not occur in the training labels.")
+            val_labels = np.searchsorted(classes, y_val)
+            train_paths, train_labels = paths, encoded
+        elif self.val_fraction > 0:
+            images = LabelledImages([Path(p) for p in paths], encoded, [str(c) for c in classes])
+            train_part, val_part = stratified_split(images, self.val_fraction, self.random_state)
+            train_paths, train_labels = [str(p) for p in train_part.paths], train_part.labels
+            val_paths, val_labels = [str(p) for p in val_part.paths], val_part.labels
+            if len(val_paths) == 0:
+                val_paths = None
+        else:
+            train_paths, train_labels, val_paths, val_labels = paths, encoded, None, None
+
+        backbone = create_backbone(self.backbone, self.weights, self.arch)
+        data_config = dict(backbone.data_config)
+        if self.image_size is not None:
+            size = int(self.image_size)
+            data_config["input_size"] = (3, size, size)
+        backbone.data_config = data_config
+        model = backbone.model
+        torch.manual_seed(int(self.random_state))  # the new head's initial weights
+        install_head(model, self.head, len(classes), self.dropout)
+        groups = layer_groups(model)
+
+        augment = {"auto_augment": "rand-m9-mstd0.5"} if self.rand_augment else {}
+        train_loader = image_loader(train_paths, train_labels, backbone.train_transform(**augment),
+                                    self.batch_size, shuffle=True, num_workers=self.num_workers)
+        val_loader = None
+        if val_paths:
+            val_loader = image_loader(val_paths, val_labels, backbone.eval_transform(),
+                                      self.batch_size, shuffle=False, num_workers=self.num_workers)
+        skipped: set[str] = set()
+        step_fn = classification_step(self.label_smoothing, skipped)
+
+        history: list[dict] = []
+        best_epoch, stopped_early = None, False
+        # Each stage keeps its own best weights; across stages keep the overall best, so
+        # a gradual stage that only made things worse is undone.
+        best_loss, best_state = math.inf, None
+        remaining = int(self.epochs)
+        for stage, (name, trainable, last) in enumerate(self._stages(groups)):
+            if remaining <= 0:
+                break
+            epochs, patience = self._stage_budget(remaining, last, val_loader is not None)
+            set_trainable(model, groups, trainable)
+            param_groups = discriminative_param_groups(model, groups, self.lr, self.lr_factor,
+                                                       self.weight_decay)
+            stage_dir = Path(self.run_dir) / f"stage-{stage}-{name}" if self.run_dir else None
+            result = fit_loop(model, param_groups, train_loader, val_loader, step_fn,
+                              self._train_config(epochs, patience, stage, name), stage_dir)
+            model = result.model
+            offset = len(history)
+            for row in result.history:
+                history.append({**row, "epoch": offset + row["epoch"], "stage": name,
+                                "stage_epoch": row["epoch"]})
+            stopped_early = result.stopped_early
+            remaining -= result.epochs_run
+            if result.best_epoch is None:
+                continue
+            kept = result.history[result.best_epoch - 1]
+            if kept["val_loss"] is None:
+                best_epoch = offset + result.best_epoch
+            elif kept["val_loss"] < best_loss:
+                best_loss, best_epoch = kept["val_loss"], offset + result.best_epoch
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if best_state is not None:
+            model.load_state_dict(best_state)
+
+        self.groups_ = describe_groups(model, groups)  # "trainable": in the last stage
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.model_ = model.cpu().eval()
+        self.classes_ = classes
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.epochs_run_ = len(history)
+        self.stopped_early_ = stopped_early
+        self.data_config_ = data_config
+        self.backbone_identity_ = backbone.identity()
+        self.arch_ = backbone.arch
+        self.classifier_name_ = classifier_name(model)
+        self.n_features_ = int(model.num_features)
+        self.validation_ = "given" if X_val is not None else (
+            f"stratified split: {self.val_fraction:.0%} of each class, seed {self.random_state}"
+            if val_loader is not None else "none")
+        self.skipped_ = sorted(skipped)
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(self.skipped_)}",
+                          stacklevel=2)
+        if self.run_dir is not None:
+            self._write_run_reports(Path(self.run_dir))
+        return self
+
+    def _write_run_reports(self, run_dir: Path) -> None:
+        from transferkit.report.curves import plot_learning_curves
+        from transferkit.train.checkpoint import write_metrics_csv
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics_csv(run_dir / "metrics.csv", self.history_)
+        if self.history_:
+            plot_learning_curves(self.history_, run_dir / "learning_curves.png")
+
+    # -- prediction -------------------------------------------------------------------
+    def _eval_transform(self):
+        import timm.data
+
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config_.items()}
+        return timm.data.create_transform(**config, is_training=False)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        import torch
+
+        from transferkit.train.data import image_loader
+
+        self._check_fitted()
+        paths = _as_paths(X)
+        if not paths:
+            return np.zeros((0, len(self.classes_)))
+        device = _resolve_device(self.device)
+        model = self.model_.to(device).eval().to(memory_format=torch.channels_last)
+        loader = image_loader(paths, None, self._eval_transform(), self.batch_size, shuffle=False,
+                              num_workers=self.num_workers if len(paths) > self.batch_size else 0)
+        probabilities, unreadable = [], []
+        try:
+            with torch.inference_mode():
+                for images, _, bad, _ in loader:
+                    unreadable.extend(bad)
+                    if len(images):
+                        images = images.to(device).contiguous(memory_format=torch.channels_last)
+                        probabilities.append(torch.softmax(model(images).float(), 1).cpu())
+        finally:
+            self.model_ = model.cpu().to(memory_format=torch.contiguous_format)
+        if unreadable:
+            raise DataError(f"cannot predict {len(unreadable)} unreadable image(s): {', '.join(unreadable)}")
+        return torch.cat(probabilities).numpy().astype(np.float64)
+
+    def predict(self, X) -> np.ndarray:
+        self._check_fitted()
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    # -- bundle -----------------------------------------------------------------------
+    def _save_artifacts(self, folder: Path) -> dict:
+        from transferkit.train.checkpoint import save_tensors
+
+        self._check_fitted()
+        save_tensors(Path(folder) / WEIGHTS_FILE, self.model_.state_dict())
+        return {
+            "backbone": self.backbone_identity_,
+            "arch": self.arch_,
+            "classes": [_json_label(c) for c in self.classes_],
+            "head": {"kind": self.head, "hidden": MLP_HIDDEN if self.head == "mlp" else None,
+                     "dropout": self.dropout, "module": self.classifier_name_,
+                     "n_features": self.n_features_},
+            "strategy": self.strategy,
+            "params": {k: (str(v) if isinstance(v, os.PathLike) else v)
+                       for k, v in self.get_params().items()
+                       if k not in ("run_dir", "progress", "num_workers")},
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config_.items()},
+            "training": {"best_epoch": self.best_epoch_, "epochs_run": self.epochs_run_,
+                         "stopped_early": self.stopped_early_, "validation": self.validation_,
+                         "groups": self.groups_, "history": self.history_},
+        }
+
+    @classmethod
+    def _load_artifacts(cls, folder: Path, config: dict) -> "FineTuner":
+        import timm
+        from safetensors.torch import load_file
+
+        path = Path(folder) / WEIGHTS_FILE
+        if not path.is_file():
+            raise BundleError(f"{folder}: {WEIGHTS_FILE} is missing.")
+        estimator = cls(**config["params"])
+        classes = np.asarray(config["classes"])
+        head = config["head"]
+        # The fine-tuned weights are all in the bundle: build the bare architecture, no
+        # pretrained download or bundled-weights package needed.
+        model = timm.create_model(config["arch"], pretrained=False, num_classes=len(classes))
+        install_head(model, head["kind"], len(classes), head["dropout"])
+        try:
+            model.load_state_dict(load_file(str(path)), strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"{path} does not fit {config['arch']!r} with a {head['kind']} head: "
+                              f"{str(exc).splitlines()[0]}") from exc
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        training = config.get("training", {})
+        estimator.model_ = model.eval()
+        estimator.classes_ = classes
+        estimator.data_config_ = config["data_config"]
+        estimator.backbone_identity_ = config["backbone"]
+        estimator.arch_ = config["arch"]
+        estimator.classifier_name_ = head["module"]
+        estimator.n_features_ = head["n_features"]
+        estimator.history_ = training.get("history", [])
+        estimator.best_epoch_ = training.get("best_epoch")
+        estimator.epochs_run_ = training.get("epochs_run", len(estimator.history_))
+        estimator.stopped_early_ = training.get("stopped_early", False)
+        estimator.groups_ = training.get("groups", [])
+        estimator.validation_ = training.get("validation")
+        estimator.skipped_ = []
+        return estimator
+

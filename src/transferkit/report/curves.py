@@ -1,0 +1,52 @@
+"""Learning curves of a training run as a PNG (loss and accuracy per epoch).
+
+Drawn with matplotlib's object API on an Agg canvas, so it never touches the global
+backend of a program (or notebook) that imports transferkit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
+    points = [(row["epoch"], row[key]) for row in history if row.get(key) not in (None, "")]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write train/validation loss and accuracy against epoch to ``path``.
+
+    ``history``: rows with ``epoch``, ``train_loss``, ``val_loss``, ``train_accuracy``,
+    ``val_accuracy`` (as in ``metrics.csv``); a ``stage`` column, when present, is drawn
+    as dotted lines where the stage changes (e.g. gradual unfreezing).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            x, y = _series(history, f"{split}_{metric}")
+            if x:
+                ax.plot(x, y, style, markersize=3, label=split)
+        stages = [row.get("stage") for row in history]
+        for previous, row in zip(history, history[1:]):
+            if row.get("stage") != previous.get("stage"):
+                ax.axvline(row["epoch"] - 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if any(stages):
+            ax.set_title(f"{label} ({len(dict.fromkeys(stages))} stages)", fontsize=9)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

@@ -1,0 +1,198 @@
+"""Resumable training checkpoints that are never seen half-written.
+
+Layout of a run folder::
+
+    run_dir/
+      latest.json              pointer to the newest complete checkpoint (written last)
+      ckpt-0003/
+        model.safetensors      the model's parameters and buffers after epoch 3
+        best.safetensors       the best weights so far (hard link when unchanged)
+        state.pt               optimiser, scheduler, grad scaler, RNG states (tensors only)
+        progress.json          epoch, history, early-stopping state, run fingerprint
+      final/                   written once the run completes: weights actually kept
+      metrics.csv              one row per epoch
+
+A checkpoint folder is filled first and the pointer is replaced atomically afterwards
+(``os.replace``), so an interrupt at any moment leaves either the previous checkpoint or
+the new one, never a mix. We do not use ``Accelerator.save_state`` because it pickles
+the RNG states; here tensors go to safetensors and the rest to a ``torch.save`` file that
+is always read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferkit.errors import TransferkitError
+
+POINTER = "latest.json"
+FINAL = "final"
+METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, payload) -> None:
+    atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))
+
+
+def _tensor_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors wants contiguous CPU tensors that share no storage.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save(_tensor_dict(state)))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def torch_save_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def torch_load(path: Path):
+    # Our own files, but loaded as if they came from anyone: no arbitrary unpickling.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch (CPU and CUDA) RNG states in a ``weights_only``-loadable form."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    """All epochs so far, rewritten whole each time so a resumed run's file stays consistent."""
+    extra = [k for row in history for k in row if k not in METRIC_COLUMNS]
+    columns = list(METRIC_COLUMNS) + list(dict.fromkeys(extra))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+class CheckpointDir:
+    """Reads and writes the checkpoints of one training run (see the module docstring)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.root = Path(run_dir)
+
+    # -- writing ----------------------------------------------------------------------
+    def save(self, epoch: int, model_state: dict, best_state: dict | None, best_changed: bool,
+             state: dict, progress: dict) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        previous = self.latest()
+        folder = self.root / f"ckpt-{epoch:04d}"
+        if folder.exists():  # left over from an interrupted attempt at this epoch
+            shutil.rmtree(folder)
+        folder.mkdir()
+        save_tensors(folder / "model.safetensors", model_state)
+        if best_state is not None:
+            old_best = previous / "best.safetensors" if previous else None
+            if not best_changed and old_best is not None and old_best.is_file():
+                os.link(old_best, folder / "best.safetensors")  # unchanged: no second copy
+            else:
+                save_tensors(folder / "best.safetensors", best_state)
+        atomic_write_bytes(folder / "state.pt", torch_save_bytes(state))
+        atomic_write_json(folder / "progress.json", progress)
+        atomic_write_json(self.root / POINTER, {"checkpoint": folder.name, "epoch": epoch})
+        # Only now is the older checkpoint redundant.
+        for old in self.root.glob("ckpt-*"):
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def save_final(self, model_state: dict, result: dict) -> None:
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".final-"))
+        save_tensors(staging / "model.safetensors", model_state)
+        atomic_write_json(staging / "result.json", result)
+        target = self.root / FINAL
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+
+    # -- reading ----------------------------------------------------------------------
+    def latest(self) -> Path | None:
+        pointer = self.root / POINTER
+        if not pointer.is_file():
+            return None
+        try:
+            folder = self.root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise TransferkitError(f"{pointer}: damaged checkpoint pointer ({exc}); delete "
+                                   f"{self.root} or give another run folder.") from exc
+        return folder if folder.is_dir() else None
+
+    def load(self) -> tuple[dict, dict | None, dict, dict] | None:
+        """``(model_state, best_state, state, progress)`` of the newest checkpoint, or None."""
+        folder = self.latest()
+        if folder is None:
+            return None
+        try:
+            best = folder / "best.safetensors"
+            return (load_tensors(folder / "model.safetensors"),
+                    load_tensors(best) if best.is_file() else None,
+                    torch_load(folder / "state.pt"),
+                    json.loads((folder / "progress.json").read_text(encoding="utf-8")))
+        except Exception as exc:  # any damage: say which folder, do not guess
+            raise TransferkitError(f"{folder}: cannot resume from this checkpoint "
+                                   f"({type(exc).__name__}: {exc}). Delete it to start over.") from exc
+
+    def load_final(self) -> tuple[dict, dict] | None:
+        folder = self.root / FINAL
+        if not (folder / "result.json").is_file():
+            return None
+        return (load_tensors(folder / "model.safetensors"),
+                json.loads((folder / "result.json").read_text(encoding="utf-8")))
