@@ -1,0 +1,172 @@
+"""Shallow domain adaptation on frozen EfficientNet-Lite0 features: digit domains.
+
+Pairs: MNIST(0–4999) → MNIST-M(≥5000), MNIST → USPS, USPS → MNIST, printed → MNIST.
+For each pair a fixed pool of images is written as image folders (RGB PNG, 32×32) and
+its Lite0 features extracted once (cached): ``--n-source`` labelled source rows,
+``--n-target`` target rows for adaptation (their labels only train the oracle) and
+``--n-test`` held-out labelled target rows for scoring, from disjoint MNIST indices.
+Each seed draws 80% of the source and adaptation pools and seeds every method.
+Reports target accuracy (mean ± sd over seeds) of SourceOnly, each shallow method,
+TargetOracle, and the share of the source-only → oracle gap closed, in the section
+``domain-shallow`` of benchmarks/RESULTS.md. Needs ../shared/datasets and h5py.
+
+    .venv/bin/python benchmarks/bench_domain_shallow.py [--n-source 2000 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.data.digits import (
+    MNIST_SOURCE_END,
+    mnist_to_mnist_m,
+    read_mnist_t10k,
+    read_usps,
+    render_printed_digits,
+    write_image_folder,
+)
+from transferkit.evaluate.domain import gap_closed, proxy_a_distance
+from transferkit.features.extract import FrozenExtractor
+from transferkit.methods.baselines import SourceOnly, TargetOracle
+from transferkit.methods.coral import CORAL
+from transferkit.methods.kmm import KMM
+from transferkit.methods.reweight import ImportanceReweighting
+from transferkit.methods.subspace import SubspaceAlignment
+from transferkit.methods.tca import TCA
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+START, END = "<!-- domain-shallow:start -->", "<!-- domain-shallow:end -->"
+
+METHODS = {
+    "source only": lambda s: SourceOnly(random_state=s),
+    "reweight": lambda s: ImportanceReweighting(random_state=s),
+    "KMM": lambda s: KMM(random_state=s),
+    "CORAL": lambda s: CORAL(random_state=s),
+    "SA (d=64)": lambda s: SubspaceAlignment(n_components=64, random_state=s),
+    "TCA (m=64)": lambda s: TCA(n_components=64, random_state=s),
+}
+
+
+def _pick(domain, n, rng):
+    return domain.subset(np.sort(rng.choice(len(domain), min(n, len(domain)), replace=False)))
+
+
+def build_pairs(root: Path, n_source: int, n_target: int, n_test: int):
+    rng = np.random.default_rng(0)
+    mnist = read_mnist_t10k(root)
+    mnist_src = _pick(mnist.subset(np.flatnonzero(mnist.index < MNIST_SOURCE_END)), n_source, rng)
+    mnist_adapt = mnist_src  # a target-side pool from 0–4999 ...
+    mnist_test = _pick(mnist.subset(np.flatnonzero(mnist.index >= MNIST_SOURCE_END)), n_test, rng)
+    split = mnist_to_mnist_m(root, test_fraction=0.5, random_state=0)
+    usps_train, usps_test = read_usps(root, "train"), read_usps(root, "test")
+    usps_pool = _pick(usps_train, max(n_source, n_target), rng)
+    printed = render_printed_digits(n_source, random_state=0, size=32)
+    return {
+        "MNIST → MNIST-M": (mnist_src, _pick(split.target_adapt, n_target, rng),
+                            _pick(split.target_test, n_test, rng)),
+        "MNIST → USPS": (mnist_src, usps_pool, _pick(usps_test, n_test, rng)),
+        "USPS → MNIST": (usps_pool, mnist_adapt, mnist_test),  # ... scored on 5000–9999
+        "printed → MNIST": (printed, mnist_adapt, mnist_test),
+    }
+
+
+def features(domain, work: Path, extractor) -> np.ndarray:
+    images = write_image_folder(domain, work / domain.name, size=32)
+    result = extractor.extract(images.paths, progress=False)
+    if result.skipped:
+        raise RuntimeError(f"unreadable images written for {domain.name}: {result.skipped[:3]}")
+    return result.features.astype(np.float64)
+
+
+def run(args) -> str:
+    work = Path(args.work_dir)
+    extractor = FrozenExtractor.from_name("efficientnet_lite0", cache_dir=work / "cache")
+    pairs = build_pairs(Path(args.datasets), args.n_source, args.n_target, args.n_test)
+    rows = []
+    started = time.perf_counter()
+    for pair, (source, adapt, test) in pairs.items():
+        Xs, Xa, Xte = (features(d, work / pair.replace(" → ", "_to_").replace(" ", ""), extractor)
+                       for d in (source, adapt, test))
+        ys, ya, yte = source.labels, adapt.labels, test.labels
+        pad = proxy_a_distance(Xs, Xa, random_state=0)
+        scores = {name: [] for name in [*METHODS, "target oracle"]}
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(seed)
+            s = rng.choice(len(Xs), int(0.8 * len(Xs)), replace=False)
+            a = rng.choice(len(Xa), int(0.8 * len(Xa)), replace=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for name, make in METHODS.items():
+                    model = make(seed).fit(Xs[s], ys[s], Xa[a])
+                    scores[name].append(model.score(Xte, yte))
+                oracle = TargetOracle(random_state=seed).fit(None, None, Xa[a], ya[a])
+                scores["target oracle"].append(oracle.score(Xte, yte))
+        base, top = np.mean(scores["source only"]), np.mean(scores["target oracle"])
+        for name, values in scores.items():
+            closed = gap_closed(base, float(np.mean(values)), top)
+            rows.append((pair, name, np.mean(values), np.std(values),
+                         "" if name in ("source only", "target oracle") else f"{closed:+.0%}",
+                         f"{pad:.2f}" if name == "source only" else ""))
+        print(f"{pair}: done at {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+    lines = [
+        "## Shallow domain adaptation on Lite0 features (digits)",
+        "",
+        f"`benchmarks/bench_domain_shallow.py --n-source {args.n_source} --n-target "
+        f"{args.n_target} --n-test {args.n_test} --seeds {args.seeds}`: EfficientNet-Lite0 "
+        "pre-logits features (1280-d) of 32×32 RGB digits; logistic regression "
+        "(standardised, max_iter 2000) in every method. Each seed trains on a random 80% of "
+        "the source and adaptation pools; accuracy on the held-out labelled target part "
+        "(mean ± sd over seeds). MNIST-side pools: source/adaptation from t10k 0–4999, test "
+        "from 5000–9999; MNIST-M from index ≥ 5000 (adapt/test disjoint); USPS adapt from "
+        "train, test from test. Gap closed = (method − source only)/(oracle − source only). "
+        "PAD: proxy A-distance between source and target features before adaptation. "
+        f"Total {time.perf_counter() - started:.0f} s on a shared 2-core CPU.",
+        "",
+        "| pair | method | target accuracy | gap closed | PAD |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {p} | {m} | {mean:.3f} ± {sd:.3f} | {closed} | {pad} |"
+              for p, m, mean, sd, closed, pad in rows]
+    return "\n".join(lines)
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    block = f"{START}\n{text}\n{END}"
+    old = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if START in old and END in old:
+        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=str(DATASETS))
+    parser.add_argument("--work-dir", default=str(Path.home() / ".cache" / "transferkit" /
+                                                  "bench-domain-shallow"))
+    parser.add_argument("--n-source", type=int, default=2000)
+    parser.add_argument("--n-target", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if not Path(args.datasets).is_dir():
+        print(f"{args.datasets} is absent: nothing to benchmark.", file=sys.stderr)
+        return 0
+    text = run(args)
+    print(text)
+    write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
