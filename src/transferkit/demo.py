@@ -13,17 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import run
-from transferkit.data import load_dataset, load_image
+from transferkit.data import load_dataset
 from transferkit.data.embedded import EMBEDDED_SETS, write_embedded_set
 from transferkit.evaluate import classification_summary
 from transferkit.methods.classifiers import make_classifier
-
-
-def raw_pixels(paths, size: int = 32) -> np.ndarray:
-    """Grey pixels resized to ``size``×``size``, flattened: the no-transfer features."""
-    rows = [np.asarray(load_image(p).convert("L").resize((size, size)), dtype=np.float32) / 255.0
-            for p in paths]
-    return np.stack(rows).reshape(len(rows), -1)
+from transferkit.methods.raw_pixels import raw_pixels
 
 
 def raw_pixel_baseline(data: Path, classifier: str = "logreg", random_state: int = 0) -> dict:
