@@ -102,3 +102,26 @@ def test_demo_beats_raw_pixels(tmp_path, capsys):
     assert textures["val_accuracy"] > textures["raw_pixels_val_accuracy"]
     assert textures["val_accuracy"] >= 0.9
     assert (tmp_path / "demo" / "models" / "textures" / "config.json").exists()
+
+
+def test_fit_finetune_writes_a_bundle_with_learning_curves(tmp_path, capsys, tiny):
+    data = write_class_folder(tmp_path / "data", per_class=12)
+    (data / "blue" / "truncated.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "tuned"
+    fit = run_json(capsys, "fit", str(data), "--out", str(out), "--method", "finetune", *tiny,
+                   "--strategy", "full", "--epochs", "8", "--image-size", "48", "--lr-factor", "1",
+                   "--batch-size", "8", "--lr", "3e-3")
+    for key in ("val_accuracy", "val_balanced_accuracy", "n_train", "n_val", "n_skipped",
+                "seconds", "extract_seconds", "epochs_run", "best_epoch"):
+        assert key in fit
+    assert 1 <= fit["best_epoch"] <= fit["epochs_run"] <= 8
+    assert fit["n_skipped"] == 1 and fit["skipped"][0]["path"].endswith("truncated.png")
+    assert (out / "learning_curves.png").stat().st_size > 0
+    assert (out / "metrics.csv").read_text().count("\n") == fit["epochs_run"] + 1
+
+    new = write_class_folder(tmp_path / "new", per_class=3, seed=9)
+    (new / "red" / "empty.jpg").write_bytes(b"")
+    predicted = run_json(capsys, "predict", str(out), str(new))
+    assert len(predicted["predictions"]) == 6 and predicted["n_skipped"] == 1
+    scored = run_json(capsys, "evaluate", str(out), str(new))
+    assert scored["n"] == 6 and scored["accuracy"] >= 5 / 6

@@ -120,7 +120,7 @@ def test_unreadable_images_are_skipped_with_a_warning(tiny_checkpoint, colour_da
     model = tuner(tiny_checkpoint, epochs=1, num_workers=1, val_fraction=0.0)
     with pytest.warns(UserWarning, match="broken.png"):
         model.fit(list(train_x) + [broken], list(train_y) + ["red"])
-    assert model.skipped_ == [str(broken)]
+    assert [path for path, _ in model.skipped_] == [str(broken)]
     assert model.validation_ == "none"
     with pytest.raises(DataError, match="broken.png"):
         model.predict([train_x[0], broken])

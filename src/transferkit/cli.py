@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     fine.add_argument("--batch-size", type=int)
     fine.add_argument("--patience", type=int)
     fine.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    fine.add_argument("--head", choices=["linear", "mlp"], help="the new head (default linear)")
+    fine.add_argument("--label-smoothing", type=float)
+    fine.add_argument("--rand-augment", action="store_true", default=None,
+                      help="add RandAugment to timm's training augmentation")
+    fine.add_argument("--image-size", type=int, help="train and predict at this size in pixels")
+    fine.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                      help="fp32 (default), bf16 autocast, or fp16 on a GPU")
     _extraction(fit)
     _common(fit)
 
@@ -132,7 +139,7 @@ def _fit_options(args) -> dict:
             options["pca"] = int(args.pca) if args.pca >= 1 else float(args.pca)
     else:
         for name in ("strategy", "k", "epochs", "lr", "lr_factor", "batch_size", "patience",
-                     "device"):
+                     "device", "head", "label_smoothing", "rand_augment", "image_size", "precision"):
             value = getattr(args, name)
             if value is not None:
                 options[name] = value

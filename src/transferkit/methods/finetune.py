@@ -91,6 +91,11 @@ def _resolve_device(device: str):
     return torch.device("cpu")
 
 
+def _unreadable(path: str) -> str:
+    """The ``(path, reason)`` reason used for a file the decoder rejected, as the linear probe."""
+    return f"{path}: cannot be read as an image (corrupt, truncated or not an image)"
+
+
 def _json_label(value):
     return value.item() if hasattr(value, "item") else value
 
@@ -335,9 +340,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.validation_ = "given" if X_val is not None else (
             f"stratified split: {self.val_fraction:.0%} of each class, seed {self.random_state}"
             if val_loader is not None else "none")
-        self.skipped_ = sorted(skipped)
+        self.skipped_ = [(path, _unreadable(path)) for path in sorted(skipped)]
         if skipped:
-            warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(self.skipped_)}",
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(sorted(skipped))}",
                           stacklevel=2)
         if self.run_dir is not None:
             self._write_run_reports(Path(self.run_dir))
@@ -359,33 +364,52 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config_.items()}
         return timm.data.create_transform(**config, is_training=False)
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``."""
+    def _predict_files(self, paths: list[str]):
+        """Probabilities of the readable files in ``paths`` and a mask of which were read."""
         import torch
 
         from transferkit.train.data import image_loader
 
-        self._check_fitted()
-        paths = _as_paths(X)
+        ok = np.zeros(len(paths), dtype=bool)
         if not paths:
-            return np.zeros((0, len(self.classes_)))
+            return np.zeros((0, len(self.classes_))), ok
         device = _resolve_device(self.device)
         model = self.model_.to(device).eval().to(memory_format=torch.channels_last)
         loader = image_loader(paths, None, self._eval_transform(), self.batch_size, shuffle=False,
                               num_workers=self.num_workers if len(paths) > self.batch_size else 0)
-        probabilities, unreadable = [], []
+        probabilities, offset = [], 0
         try:
             with torch.inference_mode():
-                for images, _, bad, _ in loader:
-                    unreadable.extend(bad)
+                for images, _, bad, positions in loader:
                     if len(images):
+                        ok[offset + positions.numpy()] = True
                         images = images.to(device).contiguous(memory_format=torch.channels_last)
                         probabilities.append(torch.softmax(model(images).float(), 1).cpu())
+                    offset += len(images) + len(bad)
         finally:
             self.model_ = model.cpu().to(memory_format=torch.contiguous_format)
-        if unreadable:
+        if not probabilities:
+            return np.zeros((0, len(self.classes_))), ok
+        return torch.cat(probabilities).numpy().astype(np.float64), ok
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``."""
+        self._check_fitted()
+        paths = _as_paths(X)
+        proba, ok = self._predict_files(paths)
+        if not ok.all():
+            unreadable = [p for p, readable in zip(paths, ok) if not readable]
             raise DataError(f"cannot predict {len(unreadable)} unreadable image(s): {', '.join(unreadable)}")
-        return torch.cat(probabilities).numpy().astype(np.float64)
+        return proba
+
+    def predict_paths(self, X):
+        """(probabilities of the readable images, ok mask, skipped ``(path, reason)`` list):
+        what ``transferkit predict/evaluate`` need, skipping bad files instead of failing."""
+        self._check_fitted()
+        paths = _as_paths(X)
+        proba, ok = self._predict_files(paths)
+        skipped = [(p, _unreadable(p)) for p, readable in zip(paths, ok) if not readable]
+        return proba, ok, skipped
 
     def predict(self, X) -> np.ndarray:
         self._check_fitted()
@@ -397,6 +421,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
         self._check_fitted()
         save_tensors(Path(folder) / WEIGHTS_FILE, self.model_.state_dict())
+        # The bundle carries its own learning curves (metrics.csv + learning_curves.png).
+        self._write_run_reports(Path(folder))
         return {
             "backbone": self.backbone_identity_,
             "arch": self.arch_,
