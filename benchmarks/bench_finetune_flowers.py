@@ -162,7 +162,9 @@ def main(argv=None) -> int:
         write_section(args.results, render(args, described, main_rows, size_rows, speed,
                                            time.perf_counter() - started))
 
-    for seed in args.seeds:
+    # Seed 0 first, then the training-size table on its split, then the other seeds: a
+    # run cut short still leaves both tables with what it measured.
+    def run_seed(seed):
         per_class, test = split(labels, seed)
         train = np.concatenate(per_class)
         for method in args.methods:
@@ -170,12 +172,16 @@ def main(argv=None) -> int:
             if seed == args.seeds[0]:
                 size_rows.append(main_rows[-1])
             save()
+
+    run_seed(args.seeds[0])
     per_class, test = split(labels, args.seeds[0])
     for n in args.sizes:
         train = np.concatenate([members[:n] for members in per_class])
         for method in args.methods:
             size_rows.append(fit_and_score(method, paths, labels, train, test, args.seeds[0], args))
             save()
+    for seed in args.seeds[1:]:
+        run_seed(seed)
     save()
     print(f"wrote {args.results}", flush=True)
     return 0

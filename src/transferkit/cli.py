@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--val-fraction", type=float, default=0.2,
                      help="share of each class held out when DATA has no val/ folder")
     fit.add_argument("--seed", type=int, default=0, help="seeds every random choice")
+    fit.add_argument("--no-report", action="store_true",
+                     help="do not write report.html into the model folder")
     fine = fit.add_argument_group("finetune")
     fine.add_argument("--strategy", choices=["head", "last-k", "full", "gradual"])
     fine.add_argument("--k", type=int, help="groups unfrozen by last-k")
@@ -110,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--out", default="layer-sweep", help="folder for layers.csv/json/png")
     _extraction(layers)
     _common(layers)
+
+    report = commands.add_parser("report", help="write one self-contained HTML report of a "
+                                 "run folder (a model from fit, a layers sweep)")
+    report.add_argument("run_dir", help="folder written by `transferkit fit` or `transferkit layers`")
+    report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
+    _common(report)
 
     demo = commands.add_parser("demo", help="run fit on image sets embedded in the installed "
                                "packages and compare with raw pixels")
@@ -191,6 +199,8 @@ def _report_fit(result: dict) -> None:
               f"{result['test_balanced_accuracy']:.3f}")
     print(f"saved model to {result['out']} ({result['seconds']:.1f} s, features "
           f"{result['extract_seconds']:.1f} s)")
+    if "report" in result:
+        print(f"report: {result['report']}")
 
 
 def _report_evaluate(result: dict) -> None:
@@ -278,7 +288,8 @@ def main(argv=None) -> int:
 
         if args.command == "fit":
             result = run.fit(args.data, args.out, method=args.method, val_fraction=args.val_fraction,
-                             random_state=args.seed, **_fit_options(args))
+                             random_state=args.seed, report=not args.no_report,
+                             **_fit_options(args))
             report = _report_fit
         elif args.command == "predict":
             result = run.predict(args.model, args.images, progress=not quiet,
@@ -300,6 +311,12 @@ def main(argv=None) -> int:
         elif args.command == "layers":
             result = _run_layers(args, quiet)
             report = _report_layers
+        elif args.command == "report":
+            from transferkit.report.html import write_report
+
+            path = write_report(args.run_dir, args.out)
+            result = {"report": str(path), "bytes": path.stat().st_size}
+            report = lambda r: print(f"wrote {r['report']} ({r['bytes'] / 1e6:.2f} MB)")  # noqa: E731
         elif args.command == "backbones":
             from transferkit.backbones import cached_hub_models, list_backbones
 

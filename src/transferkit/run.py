@@ -49,22 +49,27 @@ def _names(images: LabelledImages) -> np.ndarray:
     return np.asarray(images.classes, dtype=object)[images.labels]
 
 
-def _score(estimator, images: LabelledImages) -> tuple[dict, list]:
-    """Metrics of ``estimator`` on ``images``; unreadable images are skipped and listed."""
+def _score(estimator, images: LabelledImages, keep: dict | None = None) -> tuple[dict, list]:
+    """Metrics of ``estimator`` on ``images``; unreadable images are skipped and listed.
+    ``keep``, when given, receives the probabilities and the readable mask (for the report)."""
     proba, ok, skipped = estimator.predict_paths(images.paths)
     truth = _names(images)[ok]
     if len(truth) == 0:
         raise DataError("none of the evaluation images could be read.")
+    if keep is not None:
+        keep.update(proba=proba, ok=ok)
     predicted = np.asarray(estimator.classes_, dtype=object)[proba.argmax(axis=1)]
     return classification_summary(truth, predicted, list(estimator.classes_)), skipped
 
 
 def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_probe",
-        val_fraction: float = 0.2, random_state: int = 0, **options) -> dict:
+        val_fraction: float = 0.2, random_state: int = 0, report: bool = True,
+        **options) -> dict:
     """Train ``method`` on the images in ``data`` and save the model in ``out``.
 
     ``options`` go to the method's estimator (e.g. ``backbone``, ``classifier``,
-    ``cache_dir``, ``progress``). Returns the summary printed by ``transferkit fit --json``.
+    ``cache_dir``, ``progress``). ``report``: also write ``out/report.html``. Returns the
+    summary printed by ``transferkit fit --json``.
     """
     start = time.perf_counter()
     if method not in METHOD_FACTORIES:
@@ -76,7 +81,8 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
         warnings.simplefilter("ignore")
         estimator.fit(splits.train.paths, _names(splits.train),
                       X_val=splits.val.paths, y_val=_names(splits.val))
-    val_metrics, val_skipped = _score(estimator, splits.val)
+    val_outputs: dict = {}
+    val_metrics, val_skipped = _score(estimator, splits.val, val_outputs)
     skipped = list(estimator.skipped_) + list(val_skipped)
     if splits.test is not None:
         test_metrics, test_skipped = _score(estimator, splits.test)
@@ -111,8 +117,22 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
                     "train_counts": splits.train.counts(), "val_counts": splits.val.counts()}
     save_bundle(estimator, out, metrics={k: v for k, v in summary.items() if k != "skipped"},
                 extra={"data": data_summary, "skipped": summary["skipped"]})
+    if report:
+        summary["report"] = str(_write_fit_report(estimator, splits, val_outputs, out))
     summary["seconds"] = time.perf_counter() - start
     return summary
+
+
+def _write_fit_report(estimator, splits, val_outputs: dict, out) -> Path:
+    """``report_data.json`` (validation predictions, feature map) and ``report.html``."""
+    from transferkit.report.html import REPORT_DATA, collect_report_data, write_report
+    from transferkit.train.checkpoint import atomic_write_json
+
+    data = collect_report_data(estimator, splits.train.paths, _names(splits.train),
+                               splits.val.paths, _names(splits.val), val_outputs["proba"],
+                               val_outputs["ok"])
+    atomic_write_json(Path(out) / REPORT_DATA, data)
+    return write_report(out)
 
 
 def _evaluation_images(data: Path, classes: list[str]) -> LabelledImages:

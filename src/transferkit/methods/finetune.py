@@ -364,8 +364,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         config = {k: tuple(v) if isinstance(v, list) else v for k, v in self.data_config_.items()}
         return timm.data.create_transform(**config, is_training=False)
 
-    def _predict_files(self, paths: list[str]):
-        """Probabilities of the readable files in ``paths`` and a mask of which were read."""
+    def _predict_files(self, paths: list[str], pre_logits: bool = False):
+        """Probabilities of the readable files in ``paths`` and a mask of which were read;
+        with ``pre_logits``, the features the head sees instead of probabilities."""
         import torch
 
         from transferkit.train.data import image_loader
@@ -384,12 +385,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                     if len(images):
                         ok[offset + positions.numpy()] = True
                         images = images.to(device).contiguous(memory_format=torch.channels_last)
-                        probabilities.append(torch.softmax(model(images).float(), 1).cpu())
+                        if pre_logits:
+                            rows = model.forward_head(model.forward_features(images), pre_logits=True)
+                        else:
+                            rows = torch.softmax(model(images).float(), 1)
+                        probabilities.append(rows.float().cpu())
                     offset += len(images) + len(bad)
         finally:
             self.model_ = model.cpu().to(memory_format=torch.contiguous_format)
         if not probabilities:
-            return np.zeros((0, len(self.classes_))), ok
+            return np.zeros((0, self.n_features_ if pre_logits else len(self.classes_))), ok
         return torch.cat(probabilities).numpy().astype(np.float64), ok
 
     def predict_proba(self, X) -> np.ndarray:
@@ -401,6 +406,11 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             unreadable = [p for p, readable in zip(paths, ok) if not readable]
             raise DataError(f"cannot predict {len(unreadable)} unreadable image(s): {', '.join(unreadable)}")
         return proba
+
+    def embed_paths(self, X):
+        """(pre-logits features of the fine-tuned network for the readable images, ok mask)."""
+        self._check_fitted()
+        return self._predict_files(_as_paths(X), pre_logits=True)
 
     def predict_paths(self, X):
         """(probabilities of the readable images, ok mask, skipped ``(path, reason)`` list):

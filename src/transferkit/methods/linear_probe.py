@@ -139,6 +139,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
+    def embed_paths(self, X):
+        """(features of the readable images, ok mask): what the report maps in 2-D."""
+        result = self.extract(X)
+        return result.features, result.ok
+
     def predict_paths(self, X):
         """(probabilities of readable images, ok mask, skipped list) — skips bad files."""
         result = self.extract(X)

@@ -27,6 +27,15 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
 
     figure = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(figure)
+    draw_learning_curves(figure, history, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def draw_learning_curves(figure, history: list[dict], title: str | None = None) -> None:
+    """Draw loss and accuracy per epoch on ``figure`` (shared by the PNG and the HTML report)."""
     axes = figure.subplots(1, 2)
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -46,7 +55,3 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path

@@ -1,0 +1,360 @@
+"""One self-contained HTML report for a run folder: what a person reads after ``fit``.
+
+A run folder is what ``transferkit fit`` writes (a model bundle: ``config.json``,
+``metrics.json``, and ``report_data.json`` with the validation predictions and a 2-D map
+of the features) or what ``transferkit layers`` writes (``layers.json`` + ``layers.png``).
+The report shows whatever of these is present: data summary and skipped files, method and
+backbone, metrics with 95% confidence intervals, the confusion matrix, learning curves of
+deep methods, the layer sweep, the feature map coloured by class, and a gallery of the
+most confidently wrong validation images. Every picture is embedded as a ``data:`` URI
+and there is no script, so the file can be mailed or archived on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from transferkit.errors import TransferkitError
+
+REPORT_FILE = "report.html"
+REPORT_DATA = "report_data.json"
+GALLERY_SIZE = 12
+THUMBNAIL_PX = 160
+MAP_MAX_POINTS = 1500
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:70em;
+color:#222;line-height:1.45;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid #ddd;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.muted{color:#777}.figure{max-width:100%;height:auto}
+.gallery{display:flex;flex-wrap:wrap;gap:.8em}.gallery figure{margin:0;width:170px;font-size:.8em}
+.gallery figcaption{overflow-wrap:anywhere}.gallery img{width:160px;height:160px;object-fit:cover;border:2px solid #c33}
+.kv td{text-align:left}.warn{color:#a40}
+"""
+
+
+# --------------------------------------------------------------------------- collecting
+
+def _png_data_uri(figure) -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def feature_map(features: np.ndarray, labels, split, random_state: int = 0) -> dict:
+    """2-D PCA of ``features`` (standardised): points, labels and the variance explained.
+
+    PCA rather than t-SNE: it is deterministic, takes milliseconds, and its axes mean the
+    same for every point (t-SNE distances between clusters are not interpretable).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    features = np.asarray(features, dtype=np.float64)
+    labels, split = np.asarray(labels, dtype=object), np.asarray(split, dtype=object)
+    if len(features) > MAP_MAX_POINTS:
+        keep = np.sort(np.random.default_rng(random_state).choice(len(features), MAP_MAX_POINTS,
+                                                                  replace=False))
+        features, labels, split = features[keep], labels[keep], split[keep]
+    if len(features) < 3 or features.shape[1] < 2:
+        return {}
+    scaled = StandardScaler().fit_transform(features)
+    pca = PCA(n_components=2, random_state=random_state).fit(scaled)
+    points = pca.transform(scaled)
+    return {"method": "PCA", "points": np.round(points, 4).tolist(),
+            "labels": [str(v) for v in labels], "split": [str(v) for v in split],
+            "explained_variance": [float(v) for v in pca.explained_variance_ratio_]}
+
+
+def collect_report_data(estimator, train_paths, train_labels, val_paths, val_labels,
+                        val_proba: np.ndarray, val_ok: np.ndarray) -> dict:
+    """What the report needs beyond config/metrics: validation predictions and a feature map.
+
+    ``val_proba`` rows belong to the readable validation images (``val_ok``). Features
+    come from ``estimator.embed_paths`` (cached for feature-based methods).
+    """
+    classes = [str(c) for c in estimator.classes_]
+    val_paths = [str(p) for p in val_paths]
+    readable = [p for p, ok in zip(val_paths, val_ok) if ok]
+    truth = [str(t) for t, ok in zip(val_labels, val_ok) if ok]
+    predictions = []
+    for path, true, p in zip(readable, truth, val_proba):
+        predicted = int(np.argmax(p))
+        predictions.append({"path": path, "true": true, "predicted": classes[predicted],
+                            "confidence": float(p[predicted])})
+    data = {"classes": classes, "val_predictions": predictions, "feature_map": {}}
+    if hasattr(estimator, "embed_paths"):
+        paths = [str(p) for p in train_paths] + val_paths
+        labels = [str(v) for v in train_labels] + [str(v) for v in val_labels]
+        split = ["train"] * len(train_paths) + ["val"] * len(val_paths)
+        features, ok = estimator.embed_paths(paths)
+        keep = np.flatnonzero(ok)
+        data["feature_map"] = feature_map(features, np.asarray(labels, dtype=object)[keep],
+                                          np.asarray(split, dtype=object)[keep])
+    return data
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str] | None, rows: list[list], cls: str = "") -> str:
+    head = "<tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}">{head}{body}</table>'
+
+
+def _pct(value, ci=None) -> str:
+    text = f"{100 * float(value):.1f}%"
+    if ci:
+        text += f' <span class="muted">[{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]</span>'
+    return text
+
+
+def _confusion_matrix(matrix: dict) -> str:
+    labels, counts = matrix["labels"], np.asarray(matrix["matrix"])
+    rows = []
+    for label, row in zip(labels, counts):
+        total = max(1, int(row.sum()))
+        cells = [f"<b>{_esc(label)}</b>"]
+        for j, value in enumerate(row):
+            share = value / total
+            colour = f"rgba(40,110,200,{0.08 + 0.8 * share:.2f})" if value else "transparent"
+            cells.append(f'<span style="display:block;background:{colour}">{int(value)}</span>')
+        rows.append(cells)
+    return ("<p class=\"muted\">Rows: true class, columns: predicted class.</p>"
+            + _table(["true \\ predicted", *labels], rows))
+
+
+def _metrics_section(name: str, metrics: dict) -> str:
+    rows = [["accuracy", _pct(metrics["accuracy"], metrics.get("accuracy_ci95"))],
+            ["balanced accuracy", _pct(metrics["balanced_accuracy"])]]
+    if "macro_f1" in metrics:
+        rows.append(["macro-F1", f"{metrics['macro_f1']:.3f}"])
+    rows.append(["images", str(metrics.get("n", ""))])
+    per_class = [[_esc(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
+                  str(v["support"])] for c, v in metrics.get("per_class", {}).items()]
+    out = f"<h2>{_esc(name)}</h2>" + _table(["measure", "value"], rows, "kv")
+    out += "<p class=\"muted\">Brackets: 95% Wilson confidence interval of the accuracy.</p>"
+    if per_class:
+        out += _table(["class", "precision", "recall", "F1", "support"], per_class)
+    if "confusion_matrix" in metrics:
+        out += _confusion_matrix(metrics["confusion_matrix"])
+    return out
+
+
+def _learning_curves(history: list[dict]) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from transferkit.report.curves import draw_learning_curves
+
+    figure = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(figure)
+    draw_learning_curves(figure, history)
+    return (f'<h2>Learning curves</h2><img class="figure" alt="learning curves" '
+            f'src="{_png_data_uri(figure)}">')
+
+
+def _map_section(data: dict) -> str:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = np.asarray(data["points"])
+    labels, split = np.asarray(data["labels"]), np.asarray(data["split"])
+    figure = Figure(figsize=(6.5, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    n_classes = len(set(labels))
+    cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
+    for i, label in enumerate(sorted(set(labels))):
+        for part, marker in (("train", "o"), ("val", "^")):
+            mask = (labels == label) & (split == part)
+            if mask.any():
+                ax.scatter(points[mask, 0], points[mask, 1], s=14, marker=marker,
+                           color=cmap(i % cmap.N), alpha=0.75,
+                           label=f"{label} ({part})" if len(set(labels)) <= 10 else None)
+    variance = data.get("explained_variance", [0, 0])
+    ax.set_xlabel(f"PC 1 ({100 * variance[0]:.0f}% of variance)")
+    ax.set_ylabel(f"PC 2 ({100 * variance[1]:.0f}% of variance)")
+    if len(set(labels)) <= 10:
+        ax.legend(fontsize=7, loc="best")
+    ax.set_title("features of training (o) and validation (^) images")
+    return (f"<h2>Feature map</h2><p class=\"muted\">{_esc(data['method'])} of the standardised "
+            f"features the classifier sees; colour = class.</p>"
+            f'<img class="figure" alt="feature map" src="{_png_data_uri(figure)}">')
+
+
+def _thumbnail(path: str) -> str | None:
+    from transferkit.data.images import load_image
+    from transferkit.errors import ImageDecodeError
+
+    try:
+        image = load_image(path)
+    except (ImageDecodeError, OSError):
+        return None
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _gallery(predictions: list[dict]) -> str:
+    wrong = sorted((p for p in predictions if p["true"] != p["predicted"]),
+                   key=lambda p: -p["confidence"])
+    out = "<h2>Most confidently wrong validation images</h2>"
+    if not predictions:
+        return out + "<p class=\"muted\">No validation predictions were recorded.</p>"
+    if not wrong:
+        return out + f"<p>None: all {len(predictions)} validation images are classified right.</p>"
+    figures, missing = [], 0
+    for item in wrong[:GALLERY_SIZE]:
+        uri = _thumbnail(item["path"])
+        if uri is None:
+            missing += 1
+            continue
+        figures.append(f'<figure><img alt="{_esc(Path(item["path"]).name)}" src="{uri}">'
+                       f'<figcaption>{_esc(Path(item["path"]).name)}<br>true <b>{_esc(item["true"])}'
+                       f'</b>, predicted <b>{_esc(item["predicted"])}</b> '
+                       f'({100 * item["confidence"]:.0f}%)</figcaption></figure>')
+    out += (f"<p>{len(wrong)} of {len(predictions)} validation images are misclassified; the "
+            f"{min(len(wrong), GALLERY_SIZE)} the model was surest about:</p>")
+    out += f'<div class="gallery">{"".join(figures)}</div>'
+    if missing:
+        out += f'<p class="warn">{missing} image(s) are no longer readable at their path.</p>'
+    return out
+
+
+def _layer_sweep(run_dir: Path) -> str:
+    sweep = json.loads((run_dir / "layers.json").read_text(encoding="utf-8"))
+    rows = [[_esc(r["layer"]), str(r["dim"]),
+             f"{r['balanced_accuracy_mean']:.3f} ± {r['balanced_accuracy_std']:.3f}",
+             f"{r['seconds']:.2f}"] for r in sweep["rows"]]
+    out = (f"<h2>Layer transferability</h2><p>{sweep['folds']}-fold cross-validation, "
+           f"{_esc(sweep['classifier'])} probe, {sweep['n_images']} images. Best single layer: "
+           f"<b>{_esc(sweep['best_layer'])}</b>; best overall: <b>{_esc(sweep['best_overall'])}</b>."
+           "</p>" + _table(["layer", "dim", "balanced accuracy", "seconds"], rows))
+    plot = run_dir / "layers.png"
+    if plot.is_file():
+        uri = "data:image/png;base64," + base64.b64encode(plot.read_bytes()).decode("ascii")
+        out += f'<img class="figure" alt="accuracy per layer" src="{uri}">'
+    return out
+
+
+def _data_section(config: dict, metrics: dict) -> str:
+    data = config.get("data", {})
+    rows = []
+    train_counts, val_counts = data.get("train_counts", {}), data.get("val_counts", {})
+    for name in sorted(set(train_counts) | set(val_counts)):
+        rows.append([_esc(name), str(train_counts.get(name, 0)), str(val_counts.get(name, 0))])
+    out = "<h2>Data</h2>"
+    if data:
+        out += (f"<p>Source: <code>{_esc(data.get('source', '?'))}</code>. Validation: "
+                f"{_esc(data.get('validation', '?'))}.</p>")
+    if rows:
+        out += _table(["class", "train images", "validation images"], rows)
+    skipped = config.get("skipped", [])
+    if skipped:
+        items = "".join(f"<li><code>{_esc(s['reason'])}</code></li>" for s in skipped[:50])
+        more = f"<li>… and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
+        out += f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}{more}</ul>'
+    else:
+        out += "<p>No file was skipped.</p>"
+    return out
+
+
+def _model_section(config: dict, metrics: dict) -> str:
+    backbone = config.get("backbone", {})
+    backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
+    rows = [["method", _esc(config.get("method", "?"))],
+            ["backbone", _esc(backbone_name or metrics.get("backbone", "?"))]]
+    params = config.get("params", {})
+    for key in ("classifier", "layer", "strategy", "epochs", "lr", "lr_factor", "embedding", "pca"):
+        if params.get(key) is not None:
+            rows.append([key, _esc(params[key])])
+    training = config.get("training", {})
+    if training:
+        rows.append(["epochs run / best epoch",
+                     f"{training.get('epochs_run')} / {training.get('best_epoch')}"])
+    if "seconds" in metrics:
+        rows.append(["fit wall time", f"{metrics['seconds']:.1f} s"])
+    versions = config.get("versions", {})
+    if versions:
+        rows.append(["versions", _esc(", ".join(f"{k} {v}" for k, v in versions.items()))])
+    return "<h2>Model</h2>" + _table(None, rows, "kv")
+
+
+def _negative_transfer(check: dict) -> str:
+    cls = "warn" if check.get("negative_transfer") else ""
+    t, b = check["transferred_balanced_accuracy"], check["baseline_balanced_accuracy"]
+    return (f"<h2>Negative-transfer check</h2><p class=\"{cls}\"><b>{_esc(check['verdict'])}</b>"
+            f"</p><p>Transferred {t['mean']:.3f} ± {t['std']:.3f} vs no-transfer baseline "
+            f"({_esc(check.get('baseline', ''))}) {b['mean']:.3f} ± {b['std']:.3f} balanced "
+            f"accuracy; {_esc(check.get('protocol', ''))}, p = {check['p_value']:.3g}.</p>")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TransferkitError(f"{path}: cannot be read ({exc}).") from exc
+
+
+def render_report(run_dir: str | os.PathLike) -> str:
+    """The HTML text of the report of ``run_dir``."""
+    run_dir = Path(run_dir)
+    has_model = (run_dir / "config.json").is_file()
+    has_sweep = (run_dir / "layers.json").is_file()
+    if not (has_model or has_sweep):
+        raise TransferkitError(f"{run_dir}: not a run folder (no config.json from `transferkit "
+                               "fit`, no layers.json from `transferkit layers`).")
+    sections, title = [], run_dir.name
+    if has_model:
+        config = _read_json(run_dir / "config.json")
+        metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+        extra = _read_json(run_dir / REPORT_DATA) if (run_dir / REPORT_DATA).is_file() else {}
+        title = f"{run_dir.name}: {config.get('method', 'model')}"
+        sections.append(_model_section(config, metrics))
+        sections.append(_data_section(config, metrics))
+        if "val_metrics" in metrics:
+            sections.append(_metrics_section("Validation", metrics["val_metrics"]))
+        if "test_metrics" in metrics:
+            sections.append(_metrics_section("Test", metrics["test_metrics"]))
+        if "negative_transfer" in metrics:
+            sections.append(_negative_transfer(metrics["negative_transfer"]))
+        history = config.get("training", {}).get("history", [])
+        if history:
+            sections.append(_learning_curves(history))
+        if extra.get("feature_map"):
+            sections.append(_map_section(extra["feature_map"]))
+        if extra:
+            sections.append(_gallery(extra.get("val_predictions", [])))
+    if has_sweep:
+        sections.append(_layer_sweep(run_dir))
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>transferkit report</h1><p class=\"muted\">{_esc(run_dir.resolve())}</p>"
+            + "".join(sections) + "</body></html>")
+
+
+def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write ``report.html`` (or ``out``) for ``run_dir``; returns its path."""
+    from transferkit.train.checkpoint import atomic_write_bytes
+
+    text = render_report(run_dir)
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8"))
+    return path
