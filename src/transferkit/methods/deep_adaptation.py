@@ -1,0 +1,263 @@
+"""Deep domain adaptation: the shared network, data pairing and estimator of DANN, DAN, Deep CORAL.
+
+Every deep domain-adaptation method here trains one network on batches that hold a
+labelled *source* half and an unlabelled *target* half, minimising
+
+    L = CE(classifier(f(x_s)), y_s) + L_adapt(f(x_s), f(x_t), p)
+
+where ``f`` is the feature extractor, ``p ∈ [0, 1]`` the training progress and
+``L_adapt`` the method's alignment term (zero for :class:`DeepSourceOnly`). Training
+runs in the project's one loop (:func:`transferkit.train.fit_loop`): device, precision,
+schedules, checkpoints and ``metrics.csv`` come from there.
+
+The default network is the "MNIST architecture" of Ganin & Lempitsky (2015, Fig. 4 /
+supplementary): conv 5×5 (32) → max-pool → ReLU → conv 5×5 (48) → max-pool → ReLU as
+the feature extractor; label predictor FC 100 → FC 100 → classes. It takes 32×32 RGB
+images (grey ones are repeated to three channels) and trains on a CPU in minutes.
+
+Inputs are image arrays ``(N, H, W)`` or ``(N, H, W, 3)`` (uint8 0–255 or float 0–1) of
+one size; :func:`transferkit.data.digits` and ``transferkit adapt`` provide them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from transferkit.errors import DataError
+from transferkit.methods.baselines import UNLABELLED
+
+INPUT_SIZE = 32
+
+
+def images_to_tensor(images) -> "torch.Tensor":
+    """``(N, H, W[, 3])`` uint8 or [0, 1] floats → ``(N, 3, H, W)`` float32 in [-1, 1]."""
+    import torch
+
+    array = np.asarray(images)
+    if array.ndim == 3:
+        array = np.repeat(array[..., None], 3, axis=3)
+    if array.ndim != 4 or array.shape[3] != 3:
+        raise DataError(f"images must be an (N, H, W) or (N, H, W, 3) array, got shape {array.shape}.")
+    if len(array) == 0:
+        raise DataError("no images given.")
+    if array.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
+        raise DataError(f"images must be {INPUT_SIZE}×{INPUT_SIZE}, got {array.shape[1]}×"
+                        f"{array.shape[2]}; resize them (transferkit.data.digits.resize_domain).")
+    array = array.astype(np.float32)
+    if array.max() > 1.0:
+        array = array / 255.0
+    tensor = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    return tensor * 2.0 - 1.0
+
+
+def build_digit_network(n_classes: int, width: int = 1):
+    """Ganin & Lempitsky's MNIST network: ``features`` (1200-d at width 1) and ``classifier``."""
+    from torch import nn
+
+    c1, c2, hidden = 32 * width, 48 * width, 100 * width
+    features = nn.Sequential(
+        nn.Conv2d(3, c1, 5), nn.BatchNorm2d(c1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(c1, c2, 5), nn.BatchNorm2d(c2), nn.Dropout2d(0.1), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten())
+    n_features = c2 * 5 * 5
+    classifier = nn.Sequential(nn.Linear(n_features, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                               nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+                               nn.Linear(hidden, n_classes))
+    return features, classifier, n_features
+
+
+class _AdaptationNetwork:
+    """Namespace for the torch module, built lazily so importing this file needs no torch."""
+
+    @staticmethod
+    def create(n_classes: int, width: int, extra_modules):
+        import torch
+        from torch import nn
+
+        class AdaptationNetwork(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features, self.classifier, self.n_features = build_digit_network(n_classes, width)
+                self.extra = nn.ModuleDict(extra_modules(self.n_features))
+                # Training steps taken so far: a buffer, so the progress p behind λ
+                # schedules is checkpointed and a resumed run continues the schedule.
+                self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+            def forward(self, x):
+                return self.classifier(self.features(x))
+
+        return AdaptationNetwork()
+
+
+class PairedDomains:
+    """Dataset of ``(x_s, y_s, x_t)``: each source image with a random target image.
+
+    One epoch visits every source image once; the target partner is drawn with torch's
+    global RNG (seeded and checkpointed by the training loop).
+    """
+
+    def __init__(self, source, labels, target):
+        self.source, self.labels, self.target = source, labels, target
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        partner = int(torch.randint(len(self.target), ()))
+        return self.source[index], self.labels[index], self.target[partner]
+
+
+class DeepSourceOnly(ClassifierMixin, BaseEstimator):
+    """The network trained on the labelled source only (``L_adapt = 0``): the lower bound.
+
+    Trained on the labelled *target* instead (``fit(Xt_labelled, yt)``) it is the target
+    oracle. Subclasses add an alignment term by overriding :meth:`_adaptation_loss` and,
+    if they need modules of their own (a domain classifier), :meth:`_extra_modules`.
+
+    ``fit(X, y, Xt=None, yt=None)``: ``X``/``y`` labelled source images, ``Xt`` target
+    images; ``yt`` (optional, ``-1`` = unlabelled) adds the labelled target images to the
+    classification loss (semi-supervised). ``val_fraction`` of the source is held out to
+    monitor the source validation loss in ``history_`` (target labels are never used).
+    """
+
+    def __init__(self, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
+                 adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
+                 device: str = "auto", random_state: int = 0, progress: bool = False,
+                 run_dir: str | None = None):
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.adaptation_weight = adaptation_weight
+        self.width = width
+        self.val_fraction = val_fraction
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+        self.run_dir = run_dir
+
+    # -- hooks for the methods ---------------------------------------------------------
+    def _extra_modules(self, n_features: int) -> dict:
+        """Modules the method trains beside the network (e.g. a domain classifier)."""
+        return {}
+
+    def _adaptation_loss(self, model, source_features, target_features, progress: float):
+        """The alignment term for one batch (a scalar tensor); none for source only."""
+        return None
+
+    # -- fitting -----------------------------------------------------------------------
+    def fit(self, X, y, Xt=None, yt=None):
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        from transferkit.train.loop import TrainConfig, fit_loop
+
+        source = images_to_tensor(X)
+        y = np.asarray(y)
+        if len(y) != len(source):
+            raise DataError(f"{len(source)} source images but {len(y)} labels.")
+        self.classes_, encoded = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise DataError(f"the source needs at least two classes, got {list(self.classes_)}.")
+        target = images_to_tensor(Xt) if Xt is not None else source[:0]
+        if yt is not None:  # labelled target rows join the classification loss
+            yt = np.asarray(yt)
+            if len(yt) != len(target):
+                raise DataError(f"{len(target)} target images but {len(yt)} target labels.")
+            known = yt != UNLABELLED
+            unknown = set(yt[known].tolist()) - set(self.classes_.tolist())
+            if unknown:
+                raise DataError(f"target labels {sorted(unknown)} do not occur in the source.")
+            source = torch.cat([source, target[known]])
+            encoded = np.concatenate([encoded, np.searchsorted(self.classes_, yt[known])])
+        labels = torch.as_tensor(encoded, dtype=torch.long)
+
+        generator = np.random.default_rng(self.random_state)
+        order = generator.permutation(len(source))
+        n_val = int(round(len(source) * self.val_fraction)) if self.val_fraction else 0
+        val_rows, train_rows = order[:n_val], order[n_val:]
+        adapting = len(target) > 0 and self._adapts()
+        partner = target if adapting else source[train_rows]
+        train_set = PairedDomains(source[train_rows], labels[train_rows], partner)
+        torch.manual_seed(int(self.random_state))
+        train_loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True,
+                                  drop_last=len(train_rows) > self.batch_size)
+        val_loader = None
+        if n_val:
+            val_loader = DataLoader(TensorDataset(source[val_rows], labels[val_rows]),
+                                    batch_size=256, shuffle=False)
+
+        torch.manual_seed(int(self.random_state))  # initial weights
+        model = _AdaptationNetwork.create(len(self.classes_), self.width, self._extra_modules)
+        total_steps = max(1, self.epochs * len(train_loader))
+        step_fn = self._step_fn(adapting, total_steps)
+        config = TrainConfig(epochs=int(self.epochs), patience=None, restore_best=False,
+                             device=self.device, seed=int(self.random_state),
+                             progress=self.progress, channels_last=False,
+                             desc=type(self).__name__)
+        result = fit_loop(model, [{"params": list(model.parameters()), "lr": self.lr,
+                                   "weight_decay": 1e-4}],
+                          train_loader, val_loader, step_fn, config, self.run_dir)
+        self.model_ = result.model.cpu().eval()
+        self.history_ = result.history
+        self.n_features_ = int(self.model_.n_features)
+        return self
+
+    def _adapts(self) -> bool:
+        return type(self)._adaptation_loss is not DeepSourceOnly._adaptation_loss
+
+    def _step_fn(self, adapting: bool, total_steps: int):
+        import torch
+        import torch.nn.functional as F
+
+        def step(model, batch):
+            if len(batch) == 2:  # validation: labelled source only
+                images, labels = batch
+                logits = model(images)
+                return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum(), len(labels)
+            source, labels, target = batch
+            if not adapting:
+                logits = model(source)
+                loss = F.cross_entropy(logits, labels)
+            else:
+                # One forward pass over both halves, so BatchNorm sees the mixed batch.
+                features = model.features(torch.cat([source, target]))
+                source_features, target_features = features[:len(source)], features[len(source):]
+                logits = model.classifier(source_features)
+                progress = min(1.0, float(model.steps_done) / total_steps)
+                loss = F.cross_entropy(logits, labels) + self.adaptation_weight * \
+                    self._adaptation_loss(model, source_features, target_features, progress)
+            model.steps_done += 1
+            return loss, (logits.argmax(1) == labels).sum(), len(labels)
+
+        return step
+
+    # -- prediction --------------------------------------------------------------------
+    def _forward(self, X, features_only: bool = False) -> np.ndarray:
+        import torch
+
+        check_is_fitted(self, "model_")
+        images = images_to_tensor(X)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(images), 512):
+                chunk = images[start:start + 512]
+                out = self.model_.features(chunk)
+                if not features_only:
+                    out = torch.softmax(self.model_.classifier(out), 1)
+                outputs.append(out)
+        return torch.cat(outputs).numpy().astype(np.float64)
+
+    def predict_proba(self, X) -> np.ndarray:
+        return self._forward(X)
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def transform(self, X) -> np.ndarray:
+        """The learned features of images ``X`` (for A-distance / MMD before and after)."""
+        return self._forward(X, features_only=True)
+

@@ -1,0 +1,112 @@
+"""Deep domain adaptation: gradient reversal, λ schedule, CORAL and MMD losses, the estimator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit.errors import DataError
+from transferkit.methods.dann import DANN, dann_lambda, gradient_reversal
+from transferkit.methods.deep_adaptation import DeepSourceOnly, images_to_tensor
+from transferkit.methods.deep_coral import coral_loss
+from transferkit.methods.mmd import DAN, multi_kernel_mmd
+
+
+def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
+    x = torch.randn(4, 3, requires_grad=True)
+    upstream = torch.randn(4, 3)
+    y = gradient_reversal(x, 0.7)
+    assert torch.equal(y, x)
+    y.backward(upstream)
+    assert torch.allclose(x.grad, -0.7 * upstream)
+
+
+def test_dann_lambda_schedule():
+    assert dann_lambda(0.0) == 0.0
+    assert dann_lambda(0.5) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert dann_lambda(1.0) == pytest.approx(0.99991, abs=1e-5)
+    values = [dann_lambda(p) for p in np.linspace(0, 1, 11)]
+    assert values == sorted(values)
+
+
+def test_coral_loss_matches_a_hand_computation():
+    source = torch.tensor([[0.0, 0.0], [2.0, 0.0]])   # Cov = [[2, 0], [0, 0]]
+    target = torch.tensor([[0.0, 0.0], [0.0, 2.0]])   # Cov = [[0, 0], [0, 2]]
+    # ‖C_S − C_T‖²_F = 2² + 2² = 8; / (4 d²) = 8 / 16
+    assert float(coral_loss(source, target)) == pytest.approx(0.5)
+    assert float(coral_loss(source, source + 5.0)) == pytest.approx(0.0)  # means do not count
+
+
+def test_multi_kernel_mmd_is_zero_for_one_sample_and_grows_with_a_shift():
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 5, generator=rng)
+    assert float(multi_kernel_mmd(x, x)) == pytest.approx(0.0, abs=1e-6)
+    y = torch.randn(64, 5, generator=rng)
+    values = [float(multi_kernel_mmd(x, y + shift)) for shift in (0.0, 0.5, 1.0, 2.0)]
+    assert values == sorted(values) and values[-1] > 10 * values[0]
+
+
+def test_images_are_checked_and_scaled():
+    grey = np.full((2, 32, 32), 255, dtype=np.uint8)
+    tensor = images_to_tensor(grey)
+    assert tensor.shape == (2, 3, 32, 32) and float(tensor.max()) == 1.0
+    with pytest.raises(DataError, match="32×32"):
+        images_to_tensor(np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="no images"):
+        images_to_tensor(np.zeros((0, 32, 32), np.uint8))
+
+
+def bars(n, seed, colour_shift=False):
+    """Horizontal (0) vs vertical (1) bars; the shifted domain has coloured backgrounds."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    images = np.zeros((n, 32, 32, 3), np.float32)
+    for i, label in enumerate(labels):
+        background = rng.uniform(0, 1, 3) if colour_shift else np.zeros(3)
+        foreground = np.clip(1 - background, 0, 1) if colour_shift else np.ones(3)
+        picture = np.tile(background, (32, 32, 1))
+        position, width = rng.integers(4, 24), rng.integers(3, 7)
+        if label == 0:
+            picture[position:position + width, 4:28] = foreground
+        else:
+            picture[4:28, position:position + width] = foreground
+        images[i] = np.clip(picture + rng.normal(0, 0.05, picture.shape), 0, 1)
+    return images, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_source_only_learns_and_the_domain_classifier_is_trained(tmp_path):
+    X, y = bars(200, 0)
+    Xt, _ = bars(200, 1, colour_shift=True)
+    plain = DeepSourceOnly(epochs=3, batch_size=32).fit(X, y)
+    test, truth = bars(100, 2)
+    assert plain.score(test, truth) > 0.9
+    assert plain.transform(test).shape == (100, plain.n_features_)
+    adapted = DANN(epochs=2, batch_size=32, run_dir=str(tmp_path / "run")).fit(X, y, Xt)
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    fresh = DANN(epochs=1, batch_size=32)
+    # The domain classifier's weights moved: the adversarial branch took part in training.
+    torch.manual_seed(0)
+    untrained = fresh._extra_modules(adapted.n_features_)["domain"]
+    assert not torch.equal(untrained[0].weight, adapted.model_.extra["domain"][0].weight)
+    # 180 training images (10% held out), batches of 32 with the last partial one
+    # dropped: 5 steps an epoch; the progress counter behind λ_p counted them all.
+    assert int(adapted.model_.steps_done) == 2 * (180 // 32)
+
+
+def test_bad_input_is_refused_with_a_clear_error():
+    X, y = bars(20, 0)
+    with pytest.raises(DataError, match="two classes"):
+        DAN(epochs=1).fit(X, np.zeros(20))
+    with pytest.raises(DataError, match="labels"):
+        DAN(epochs=1).fit(X, y[:5])
