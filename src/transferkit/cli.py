@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--seed", type=int, default=0, help="seeds every random choice")
     fit.add_argument("--no-report", action="store_true",
                      help="do not write report.html into the model folder")
+    fit.add_argument("--check-negative-transfer", action="store_true",
+                     help="linear_probe / fne: cross-validate the model against raw pixels on "
+                     "the training images and report whether transfer hurts")
     fine = fit.add_argument_group("finetune")
     fine.add_argument("--strategy", choices=["head", "last-k", "full", "gradual"])
     fine.add_argument("--k", type=int, help="groups unfrozen by last-k")
@@ -113,6 +116,30 @@ def build_parser() -> argparse.ArgumentParser:
     _extraction(layers)
     _common(layers)
 
+    anomaly = commands.add_parser("anomaly", help="anomaly detection: fit on normal images only, "
+                                  "score a test set (AUC, EER)")
+    anomaly.add_argument("--normal", required=True, help="folder of normal images (recursive)")
+    anomaly.add_argument("--test", required=True, help="folder of sub-folders: normal/ (or good/, or one "
+                         "named like the --normal folder) is normal, every other is anomalous")
+    anomaly.add_argument("--scorer", choices=["mahalanobis", "ocsvm", "knn"],
+                         default="mahalanobis", help="Mahalanobis distance (Ledoit-Wolf), "
+                         "one-class SVM or k-NN distance on standardised features")
+    anomaly.add_argument("--backbone", default=None, help="bundled or timm model name "
+                         "(default efficientnet_lite0)")
+    anomaly.add_argument("--weights", help="local checkpoint (.safetensors or state dict) for --arch")
+    anomaly.add_argument("--arch", help="timm architecture of --weights")
+    anomaly.add_argument("--layer", default="pre_logits", help="layer(s) whose features are used")
+    anomaly.add_argument("--threshold-quantile", type=float, default=0.95,
+                         help="flag images scoring above this quantile of the normal training "
+                         "scores (default 0.95)")
+    anomaly.add_argument("--holdout", type=float, default=0.3, help="share of normal images held "
+                         "out for the test when --test contains the --normal folder")
+    anomaly.add_argument("--seed", type=int, default=0)
+    anomaly.add_argument("--out", help="write the scores: a .json file, or a folder "
+                         "(anomaly.json + scores.csv)")
+    _extraction(anomaly)
+    _common(anomaly)
+
     report = commands.add_parser("report", help="write one self-contained HTML report of a "
                                  "run folder (a model from fit, a layers sweep)")
     report.add_argument("run_dir", help="folder written by `transferkit fit` or `transferkit layers`")
@@ -126,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
                       help="embedded set (repeatable; default both)")
     _extraction(demo)
     _common(demo)
+
+    cdfg = commands.add_parser("cdfg", help="cross-domain feature-space generalisation (CDFG) "
+                               "of feature spaces between two labelled domains")
+    cdfg.add_argument("--domain-a", required=True, help="labelled images of domain A (class "
+                      "folders; train and val parts are pooled)")
+    cdfg.add_argument("--domain-b", required=True, help="labelled images of domain B, same classes")
+    cdfg.add_argument("--backbone", default=None, help="bundled or timm model name "
+                      "(default efficientnet_lite0)")
+    cdfg.add_argument("--weights", help="local checkpoint (.safetensors or state dict) for --arch")
+    cdfg.add_argument("--arch", help="timm architecture of --weights")
+    cdfg.add_argument("--spaces", default="last,fne", help="comma-separated feature spaces: "
+                      "last (pre-logits), fne (Full-Network Embedding), stages (all stages, "
+                      "standardised), pca64 (pre-logits, 64 PCA components); default last,fne")
+    cdfg.add_argument("--classifier", choices=["logreg", "svm", "knn", "mlp"], default="logreg")
+    cdfg.add_argument("--seed", type=int, default=0)
+    _extraction(cdfg)
+    _common(cdfg)
     return parser
 
 
@@ -199,6 +243,12 @@ def _report_fit(result: dict) -> None:
               f"{result['test_balanced_accuracy']:.3f}")
     print(f"saved model to {result['out']} ({result['seconds']:.1f} s, features "
           f"{result['extract_seconds']:.1f} s)")
+    if "negative_transfer" in result:
+        check = result["negative_transfer"]
+        print(f"negative-transfer check: {check['verdict']} (balanced accuracy "
+              f"{check['transferred_balanced_accuracy']['mean']:.3f} vs raw pixels "
+              f"{check['baseline_balanced_accuracy']['mean']:.3f}, p = {check['p_value']:.3g}, "
+              f"{check['protocol']})")
     if "report" in result:
         print(f"report: {result['report']}")
 
@@ -262,6 +312,42 @@ def _report_demo(result: dict) -> None:
     print("validation accuracy of logistic regression on EfficientNet-Lite0 features vs raw pixels")
 
 
+def _report_cdfg(result: dict) -> None:
+    rows = [["space", "dim", "G_comp", "G_part(A)", "G_part(B)", "risk A→A", "A→B", "B→B",
+             "B→A"]]
+    for row in result["rows"]:
+        a, b = row["a_to_b"], row["b_to_a"]
+        rows.append([row["space"], str(row["dim"]), f"{row['g_comp']:.3f}",
+                     f"{row['g_part_a']:.3f}", f"{row['g_part_b']:.3f}", f"{a['risk_own']:.3f}",
+                     f"{a['risk_other']:.3f}", f"{b['risk_own']:.3f}", f"{b['risk_other']:.3f}"])
+    _print_table(rows)
+    print(f"CDFG (lower carries over better) of {result['backbone']} features, {result['classifier']} "
+          f"trained on 70% of one domain, risks on the held-out 30% of both; A = "
+          f"{result['domain_a']} ({result['n_a']} images), B = {result['domain_b']} "
+          f"({result['n_b']} images)")
+
+
+def _report_anomaly(result: dict) -> None:
+    _show_skipped(result)
+    print(f"{result['scorer']} on {result['backbone']} features: AUC {result['auc']:.3f}, "
+          f"EER {result['eer']:.3f} (at score {result['eer_threshold']:.3g}, chosen on the test "
+          "labels)")
+    print(f"trained on {result['n_normal_train']} normal images; tested on {result['n_test']} "
+          f"({result['n_test_normal']} normal, {result['n_anomalous']} anomalous"
+          + (f", {result['n_held_out_normal']} held out of {result['normal']}"
+             if result["n_held_out_normal"] else "") + ")")
+    print(f"threshold {result['threshold']:.3g} = {result['threshold_quantile']:.0%} quantile of "
+          f"the normal training scores: detection rate {result['detection_rate']:.3f}, false "
+          f"alarm rate {result['false_alarm_rate']:.3f}")
+    rows = [["sub-folder", "kind", "images", "flagged", "AUC vs normal"]]
+    for name, item in result["per_group"].items():
+        rows.append([name, "normal" if item["normal"] else "anomalous", str(item["n"]),
+                     f"{item['flagged_rate']:.3f}", f"{item['auc']:.3f}" if "auc" in item else "-"])
+    _print_table(rows)
+    if "files" in result:
+        print("wrote " + ", ".join(result["files"].values()))
+
+
 def _seconds_since_process_start() -> float:
     import time
 
@@ -289,6 +375,7 @@ def main(argv=None) -> int:
         if args.command == "fit":
             result = run.fit(args.data, args.out, method=args.method, val_fraction=args.val_fraction,
                              random_state=args.seed, report=not args.no_report,
+                             check_negative_transfer=args.check_negative_transfer,
                              **_fit_options(args))
             report = _report_fit
         elif args.command == "predict":
@@ -324,6 +411,19 @@ def main(argv=None) -> int:
                       "note": "any timm model name (e.g. timm/resnet50.a1_in1k) works with internet "
                               "access; offline, use --weights FILE --arch NAME."}
             report = _report_backbones
+        elif args.command == "anomaly":
+            result = run.anomaly(args.normal, args.test, out=args.out, scorer=args.scorer,
+                                 backbone=args.backbone, weights=args.weights, arch=args.arch,
+                                 layer=args.layer, threshold_quantile=args.threshold_quantile,
+                                 holdout=args.holdout, random_state=args.seed,
+                                 progress=not quiet, **_cache_options(args))
+            report = _report_anomaly
+        elif args.command == "cdfg":
+            result = run.cdfg(args.domain_a, args.domain_b, spaces=args.spaces,
+                              backbone=args.backbone, weights=args.weights, arch=args.arch,
+                              classifier=args.classifier, random_state=args.seed,
+                              progress=not quiet, **_cache_options(args))
+            report = _report_cdfg
         else:
             from transferkit.demo import run_demo
 
