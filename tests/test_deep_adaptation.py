@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -9,10 +10,17 @@ import pytest
 import torch
 
 from transferkit.errors import DataError
+from transferkit.methods.adda import ADDA
 from transferkit.methods.dann import DANN, dann_lambda, gradient_reversal
 from transferkit.methods.deep_adaptation import DeepSourceOnly, images_to_tensor
 from transferkit.methods.deep_coral import coral_loss
+from transferkit.methods.domain_confusion import (
+    DomainConfusionSoftLabels,
+    class_soft_labels,
+    soft_label_loss,
+)
 from transferkit.methods.mmd import DAN, multi_kernel_mmd
+from transferkit.methods.reconstruction import ReconstructionDA
 
 
 def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
@@ -110,3 +118,95 @@ def test_bad_input_is_refused_with_a_clear_error():
         DAN(epochs=1).fit(X, np.zeros(20))
     with pytest.raises(DataError, match="labels"):
         DAN(epochs=1).fit(X, y[:5])
+
+
+def test_adda_keeps_the_source_classifier_and_trains_an_untied_target_encoder():
+    X, y = bars(120, 0)
+    Xt, _ = bars(120, 1, colour_shift=True)
+    adda = ADDA(epochs=2, pretrain_epochs=2, batch_size=32).fit(X, y, Xt)
+    # Step 1 is exactly the source-only network (same seed, data and batches) ...
+    source = DeepSourceOnly(epochs=2, batch_size=32).fit(X, y)
+    for ours, theirs in zip(adda.model_.classifier.state_dict().values(),
+                            source.model_.classifier.state_dict().values()):
+        assert torch.equal(ours, theirs)  # ... and step 2 left C frozen,
+    moved = [not torch.equal(a, b) for a, b in zip(adda.model_.features.state_dict().values(),
+                                                   source.model_.features.state_dict().values())]
+    assert any(moved)  # while the target encoder M_t moved away from M_s.
+    assert [row["stage"] for row in adda.history_] == ["source"] * 2 + ["adapt"] * 2
+    assert adda.predict(Xt[:5]).shape == (5,)
+
+
+def test_adda_step_gives_each_player_only_its_own_gradient():
+    from torch import nn
+
+    from transferkit.methods.adda import _adversarial_module
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    module = _adversarial_module(encoder, copy.deepcopy(encoder), 4, 8)
+    source, target = torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)
+    loss, _, n = ADDA(adaptation_weight=1.0)._adversarial_step()(module, (source, None, target))
+    loss.backward()
+    assert n == 12 and all(p.grad is None for p in module.source_encoder.parameters())
+    # The discriminator's gradient is that of its own loss alone ...
+    d_grads = [p.grad.clone() for p in module.discriminator.parameters()]
+    module.zero_grad()
+    with torch.no_grad():
+        fs, ft = module.source_encoder(source), module.target_encoder(target)
+    real, fake = module.discriminator(fs).squeeze(1), module.discriminator(ft).squeeze(1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    (bce(real, torch.ones(6)) + bce(fake, torch.zeros(6))).backward()
+    for ours, alone in zip(d_grads, (p.grad for p in module.discriminator.parameters())):
+        assert torch.allclose(ours, alone, atol=1e-6)
+    # ... and the target encoder's that of the inverted-label loss alone.
+    module.zero_grad()
+    ft = module.target_encoder(target)
+    bce(module.discriminator(ft).squeeze(1), torch.ones(6)).backward()
+    encoder_alone = [p.grad.clone() for p in module.target_encoder.parameters()]
+    module.zero_grad()
+    loss, _, _ = ADDA(adaptation_weight=1.0)._adversarial_step()(module, (source, None, target))
+    loss.backward()
+    for ours, alone in zip((p.grad for p in module.target_encoder.parameters()), encoder_alone):
+        assert torch.allclose(ours, alone, atol=1e-6)
+
+
+def test_soft_labels_match_a_hand_computation():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 4.0]])
+    labels = torch.tensor([0, 0, 1])
+    soft = class_soft_labels(logits, labels, 2, temperature=2.0)
+    # class 0: mean of softmax([1, 0]) and softmax([0, 0]); class 1: softmax([0, 2])
+    e = math.exp(1.0)
+    expected_0 = [(e / (e + 1) + 0.5) / 2, (1 / (e + 1) + 0.5) / 2]
+    assert soft[0].tolist() == pytest.approx(expected_0)
+    assert soft[1].tolist() == pytest.approx([1 / (1 + math.exp(2)), math.exp(2) / (1 + math.exp(2))])
+    assert torch.allclose(soft.sum(1), torch.ones(2))
+    # L_soft = −Σ_k l_k log softmax(z / τ)_k for one row of class 0 with logits (0, 2):
+    row = torch.tensor([[0.0, 2.0]])
+    log_p = [math.log(1 / (1 + e)), math.log(e / (1 + e))]
+    hand = -(expected_0[0] * log_p[0] + expected_0[1] * log_p[1])
+    assert float(soft_label_loss(row, torch.tensor([0]), soft, 2.0)) == pytest.approx(hand)
+
+
+def test_domain_confusion_uses_the_labelled_target_images():
+    X, y = bars(120, 0)
+    Xt, yt = bars(120, 1, colour_shift=True)
+    partial = np.full(len(yt), -1)
+    partial[:8] = yt[:8]
+    model = DomainConfusionSoftLabels(epochs=2, pretrain_epochs=1, batch_size=32).fit(
+        X, y, Xt, partial)
+    assert model.soft_labels_.shape == (2, 2)
+    assert np.allclose(model.soft_labels_.sum(1), 1.0)
+    # Soft labels are softened: the true class dominates, the other keeps some mass.
+    assert np.all(np.diag(model.soft_labels_) > 0.5) and np.all(model.soft_labels_ > 0)
+    assert [row["stage"] for row in model.history_] == ["source", "adapt", "adapt"]
+
+
+def test_reconstruction_da_learns_to_rebuild_the_target():
+    X, y = bars(120, 0)
+    Xt, _ = bars(120, 1, colour_shift=True)
+    model = ReconstructionDA(epochs=10, batch_size=16, lr=3e-3).fit(X, y, Xt)
+    rebuilt = model.reconstruct(Xt)
+    assert rebuilt.shape == Xt.shape and rebuilt.min() >= 0 and rebuilt.max() <= 1
+    # Better than the best constant answer, the mean target image.
+    mean_image_error = float(np.mean((Xt.mean(0) - Xt) ** 2))
+    assert float(np.mean((rebuilt - Xt) ** 2)) < 0.75 * mean_image_error

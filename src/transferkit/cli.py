@@ -170,6 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     cdfg.add_argument("--seed", type=int, default=0)
     _extraction(cdfg)
     _common(cdfg)
+    adapt = commands.add_parser("adapt", help="domain adaptation: labelled source images, "
+                                "unlabelled target images; compares with source only and the "
+                                "target oracle")
+    adapt.add_argument("--source", help="labelled source images (one sub-folder per class)")
+    adapt.add_argument("--target", help="unlabelled target images (any layout)")
+    adapt.add_argument("--target-labelled", help="a few labelled target images: they train the "
+                       "target oracle (and join the loss of the semi-supervised method)")
+    adapt.add_argument("--target-test", help="labelled target images to score on")
+    from transferkit.adapt import DEEP_METHODS, METHODS
+
+    adapt.add_argument("--method", choices=METHODS, default="dann",
+                       help=f"deep ({', '.join(DEEP_METHODS)}: a small CNN on 32×32 images) or "
+                       "shallow (on frozen pretrained features); default dann")
+    adapt.add_argument("--out", help="folder for summary.json, domain_map.png and checkpoints")
+    adapt.add_argument("--epochs", type=int, help="training epochs of the deep methods")
+    adapt.add_argument("--backbone", help="feature backbone of the shallow methods "
+                       "(default efficientnet_lite0)")
+    adapt.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.add_argument("--demo", action="store_true", help="printed → handwritten digits, "
+                       "generated and bundled: needs no data")
+    _extraction(adapt)
+    _common(adapt)
     return parser
 
 
@@ -348,6 +371,27 @@ def _report_anomaly(result: dict) -> None:
         print("wrote " + ", ".join(result["files"].values()))
 
 
+def _report_adapt(result: dict) -> None:
+    def fmt(value):
+        return "—" if value is None else f"{value:.3f}"
+
+    if result.get("demo"):
+        print(result["demo"])
+    print(f"method {result['method']} ({result['family']}): {result['n_source']} source, "
+          f"{result['n_target']} target images")
+    _print_table([["", "target accuracy"],
+                  ["source only", fmt(result["source_only_accuracy"])],
+                  [result["method"], fmt(result["adapted_accuracy"])],
+                  ["target oracle", fmt(result["oracle_accuracy"])]])
+    if result["gap_closed"] is not None:
+        print(f"gap closed: {100 * result['gap_closed']:.0f}% of source only → oracle")
+    print(f"proxy A-distance source↔target: {fmt(result['a_distance_before'])} before, "
+          f"{fmt(result['a_distance_after'])} after")
+    _show_skipped(result)
+    if result.get("out"):
+        print(f"wrote {result['out']}/summary.json and {result.get('domain_map')}")
+
+
 def _seconds_since_process_start() -> float:
     import time
 
@@ -424,6 +468,24 @@ def main(argv=None) -> int:
                               classifier=args.classifier, random_state=args.seed,
                               progress=not quiet, **_cache_options(args))
             report = _report_cdfg
+        elif args.command == "adapt":
+            from transferkit import adapt
+
+            if args.demo:
+                result = adapt.run_adapt_demo(args.out or "transferkit-adapt-demo",
+                                              method=args.method, random_state=args.seed,
+                                              progress=not quiet,
+                                              **({"epochs": args.epochs} if args.epochs else {}))
+            else:
+                if not (args.source and args.target):
+                    raise TransferkitError("adapt needs --source and --target (or --demo).")
+                result = adapt.adapt(args.source, args.target, method=args.method, out=args.out,
+                                     target_labelled=args.target_labelled,
+                                     target_test=args.target_test, epochs=args.epochs,
+                                     backbone=args.backbone, random_state=args.seed,
+                                     device=args.device, progress=not quiet,
+                                     **_cache_options(args))
+            report = _report_adapt
         else:
             from transferkit.demo import run_demo
 

@@ -89,3 +89,24 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning, EOFError) as exc:
         raise ImageDecodeError(f"{path}: corrupt or truncated image ({exc})") from exc
+
+
+def load_small_images(paths, size: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Decode ``paths`` as ``size``×``size`` RGB uint8 arrays (bilinear resize).
+
+    Returns ``(images (n_ok, size, size, 3), ok (n_input,) bool, skipped [(path, reason)])``:
+    an unreadable file is reported and left out, the others are kept.
+    """
+    images, ok, skipped = [], np.zeros(len(paths), dtype=bool), []
+    for i, path in enumerate(paths):
+        try:
+            picture = load_image(path)
+        except ImageDecodeError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        if picture.size != (size, size):
+            picture = picture.resize((size, size), Image.BILINEAR)
+        images.append(np.asarray(picture, dtype=np.uint8))
+        ok[i] = True
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return stacked, ok, skipped

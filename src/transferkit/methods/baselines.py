@@ -112,6 +112,8 @@ class DomainAdaptationClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"the source needs at least two classes, got {list(np.unique(y))}.")
         self.n_features_in_ = X.shape[1]
         X_train, y_train, weight = self._adapt(X, y, Xt, yt)
+        # The source as the classifier sees it (for domain distances after adaptation).
+        self.adapted_source_ = X_train
         mask = labelled_rows(yt)
         if mask.any():
             X_train = np.vstack([X_train, self._transform_target(Xt[mask])])

@@ -50,7 +50,8 @@ class DANN(DeepSourceOnly):
         return {"domain": nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(),
                                         nn.Linear(hidden, 1))}
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float):
+    def _adaptation_loss(self, model, source_features, target_features, progress: float,
+                         target_images):
         import torch
         import torch.nn.functional as F
 

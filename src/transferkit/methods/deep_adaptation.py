@@ -111,12 +111,37 @@ class PairedDomains:
         return self.source[index], self.labels[index], self.target[partner]
 
 
+def _validation_step(model, batch):
+    """Loss, correct, items of the network on a labelled (source) validation batch."""
+    import torch.nn.functional as F
+
+    images, labels = batch
+    logits = model(images)
+    return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum(), len(labels)
+
+
+class DomainTensors:
+    """One fit's data as tensors: the labelled source, the target, the labelled target rows."""
+
+    def __init__(self, source, labels, target, target_labelled, target_labels):
+        self.source, self.labels, self.target = source, labels, target
+        self.target_labelled, self.target_labels = target_labelled, target_labels
+
+    def pooled_labelled(self):
+        """Source and labelled target rows together (both join the classification loss)."""
+        import torch
+
+        return (torch.cat([self.source, self.target_labelled]),
+                torch.cat([self.labels, self.target_labels]))
+
+
 class DeepSourceOnly(ClassifierMixin, BaseEstimator):
     """The network trained on the labelled source only (``L_adapt = 0``): the lower bound.
 
     Trained on the labelled *target* instead (``fit(Xt_labelled, yt)``) it is the target
     oracle. Subclasses add an alignment term by overriding :meth:`_adaptation_loss` and,
-    if they need modules of their own (a domain classifier), :meth:`_extra_modules`.
+    if they need modules of their own (a domain classifier), :meth:`_extra_modules`;
+    methods trained in stages (ADDA) override :meth:`_train`.
 
     ``fit(X, y, Xt=None, yt=None)``: ``X``/``y`` labelled source images, ``Xt`` target
     images; ``yt`` (optional, ``-1`` = unlabelled) adds the labelled target images to the
@@ -144,16 +169,21 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         """Modules the method trains beside the network (e.g. a domain classifier)."""
         return {}
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float):
+    def _adaptation_loss(self, model, source_features, target_features, progress: float,
+                         target_images):
         """The alignment term for one batch (a scalar tensor); none for source only."""
         return None
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X, y, Xt=None, yt=None):
-        import torch
-        from torch.utils.data import DataLoader, TensorDataset
+        data = self._domain_tensors(X, y, Xt, yt)
+        model, self.history_ = self._train(data)
+        self.model_ = model.cpu().eval()
+        self.n_features_ = int(self.model_.n_features)
+        return self
 
-        from transferkit.train.loop import TrainConfig, fit_loop
+    def _domain_tensors(self, X, y, Xt, yt) -> DomainTensors:
+        import torch
 
         source = images_to_tensor(X)
         y = np.asarray(y)
@@ -163,7 +193,9 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise DataError(f"the source needs at least two classes, got {list(self.classes_)}.")
         target = images_to_tensor(Xt) if Xt is not None else source[:0]
-        if yt is not None:  # labelled target rows join the classification loss
+        known = np.zeros(len(target), dtype=bool)
+        target_encoded = np.zeros(0, dtype=np.int64)
+        if yt is not None:
             yt = np.asarray(yt)
             if len(yt) != len(target):
                 raise DataError(f"{len(target)} target images but {len(yt)} target labels.")
@@ -171,65 +203,87 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
             unknown = set(yt[known].tolist()) - set(self.classes_.tolist())
             if unknown:
                 raise DataError(f"target labels {sorted(unknown)} do not occur in the source.")
-            source = torch.cat([source, target[known]])
-            encoded = np.concatenate([encoded, np.searchsorted(self.classes_, yt[known])])
-        labels = torch.as_tensor(encoded, dtype=torch.long)
+            target_encoded = np.searchsorted(self.classes_, yt[known])
+        return DomainTensors(source, torch.as_tensor(encoded, dtype=torch.long), target,
+                             target[torch.as_tensor(known)],
+                             torch.as_tensor(target_encoded, dtype=torch.long))
 
-        generator = np.random.default_rng(self.random_state)
-        order = generator.permutation(len(source))
+    def _new_network(self):
+        import torch
+
+        torch.manual_seed(int(self.random_state))  # initial weights
+        return _AdaptationNetwork.create(len(self.classes_), self.width, self._extra_modules)
+
+    def _train(self, data: DomainTensors):
+        """Train one network with the method's loss; return ``(model, history)``."""
+        source, labels = data.pooled_labelled()
+        adapting = len(data.target) > 0 and self._adapts()
+        train_loader, val_loader = self._loaders(source, labels, data.target if adapting else None)
+        model = self._new_network()
+        step_fn = self._step_fn(adapting, max(1, self.epochs * len(train_loader)))
+        result = self._run(model, [{"params": list(model.parameters()), "lr": self.lr,
+                                    "weight_decay": 1e-4}],
+                           train_loader, val_loader, step_fn, self.epochs)
+        return result.model, result.history
+
+    def _loaders(self, source, labels, target=None):
+        """Batches of ``(x_s, y_s, x_t)`` (``x_t`` = a source image when ``target`` is None)
+        and, if ``val_fraction``, a loader over the held-out source."""
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        order = np.random.default_rng(self.random_state).permutation(len(source))
         n_val = int(round(len(source) * self.val_fraction)) if self.val_fraction else 0
         val_rows, train_rows = order[:n_val], order[n_val:]
-        adapting = len(target) > 0 and self._adapts()
-        partner = target if adapting else source[train_rows]
-        train_set = PairedDomains(source[train_rows], labels[train_rows], partner)
+        partner = target if target is not None else source[train_rows]
         torch.manual_seed(int(self.random_state))
-        train_loader = DataLoader(train_set, batch_size=self.batch_size, shuffle=True,
+        train_loader = DataLoader(PairedDomains(source[train_rows], labels[train_rows], partner),
+                                  batch_size=self.batch_size, shuffle=True,
                                   drop_last=len(train_rows) > self.batch_size)
         val_loader = None
         if n_val:
             val_loader = DataLoader(TensorDataset(source[val_rows], labels[val_rows]),
                                     batch_size=256, shuffle=False)
+        return train_loader, val_loader
 
-        torch.manual_seed(int(self.random_state))  # initial weights
-        model = _AdaptationNetwork.create(len(self.classes_), self.width, self._extra_modules)
-        total_steps = max(1, self.epochs * len(train_loader))
-        step_fn = self._step_fn(adapting, total_steps)
-        config = TrainConfig(epochs=int(self.epochs), patience=None, restore_best=False,
+    def _run(self, model, param_groups, train_loader, val_loader, step_fn, epochs: int,
+             stage: str | None = None):
+        """One stage in the shared loop; a staged method's stages get sub-folders of run_dir."""
+        import os
+
+        from transferkit.train.loop import TrainConfig, fit_loop
+
+        config = TrainConfig(epochs=int(epochs), patience=None, restore_best=False, grad_clip=None,
                              device=self.device, seed=int(self.random_state),
                              progress=self.progress, channels_last=False,
-                             desc=type(self).__name__)
-        result = fit_loop(model, [{"params": list(model.parameters()), "lr": self.lr,
-                                   "weight_decay": 1e-4}],
-                          train_loader, val_loader, step_fn, config, self.run_dir)
-        self.model_ = result.model.cpu().eval()
-        self.history_ = result.history
-        self.n_features_ = int(self.model_.n_features)
-        return self
+                             desc=type(self).__name__ + (f" ({stage})" if stage else ""))
+        run_dir = self.run_dir
+        if run_dir is not None and stage is not None:
+            run_dir = os.path.join(run_dir, stage)
+        return fit_loop(model, param_groups, train_loader, val_loader, step_fn, config, run_dir)
 
     def _adapts(self) -> bool:
         return type(self)._adaptation_loss is not DeepSourceOnly._adaptation_loss
 
     def _step_fn(self, adapting: bool, total_steps: int):
-        import torch
         import torch.nn.functional as F
 
         def step(model, batch):
             if len(batch) == 2:  # validation: labelled source only
-                images, labels = batch
-                logits = model(images)
-                return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum(), len(labels)
+                return _validation_step(model, batch)
             source, labels, target = batch
             if not adapting:
                 logits = model(source)
                 loss = F.cross_entropy(logits, labels)
             else:
-                # One forward pass over both halves, so BatchNorm sees the mixed batch.
-                features = model.features(torch.cat([source, target]))
-                source_features, target_features = features[:len(source)], features[len(source):]
+                # One forward pass per domain: BatchNorm normalises each domain with its
+                # own batch statistics (as public DANN code does; cf. AdaBN, Li et al.
+                # 2016). A joint pass over the mixed batch adapted markedly worse.
+                source_features, target_features = model.features(source), model.features(target)
                 logits = model.classifier(source_features)
                 progress = min(1.0, float(model.steps_done) / total_steps)
                 loss = F.cross_entropy(logits, labels) + self.adaptation_weight * \
-                    self._adaptation_loss(model, source_features, target_features, progress)
+                    self._adaptation_loss(model, source_features, target_features, progress, target)
             model.steps_done += 1
             return loss, (logits.argmax(1) == labels).sum(), len(labels)
 

@@ -34,5 +34,6 @@ def multi_kernel_mmd(source, target, factors=BANDWIDTH_FACTORS):
 class DAN(DeepSourceOnly):
     """The network trained with CE on the source + λ · MK-MMD² between the domains."""
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float):
+    def _adaptation_loss(self, model, source_features, target_features, progress: float,
+                         target_images):
         return multi_kernel_mmd(source_features, target_features)
