@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- anomaly:start -->", "<!-- anomaly:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
 SCORERS = ("mahalanobis", "ocsvm", "knn")
 
 
@@ -152,16 +153,6 @@ def run(args) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    block = f"{START}\n{text}\n{END}"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=str(DATASETS))
@@ -179,7 +170,7 @@ def main(argv=None) -> int:
     text = run(args)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("anomaly", text)
     return 0
 
 

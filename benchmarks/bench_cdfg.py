@@ -18,7 +18,6 @@ of benchmarks/RESULTS.md. Needs ../shared/datasets and h5py.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,9 @@ from transferkit.features.extract import FrozenExtractor
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- cdfg:start -->", "<!-- cdfg:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
 SPACE_NAMES = {"last": "last layer (pre-logits)", "fne": "FNE (all stages)",
                "stages": "all stages, standardised", "pca64": "last layer, PCA-64"}
 
@@ -134,17 +135,6 @@ def run(args) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace only this script's section (read-modify-write at the very end)."""
-    block = f"{START}\n{text}\n{END}"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=str(DATASETS))
@@ -168,7 +158,7 @@ def main(argv=None) -> int:
         text = run(args)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section("cdfg", text)
     return 0
 
 

@@ -16,7 +16,6 @@ TargetOracle, and the share of the source-only → oracle gap closed, in the sec
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 import warnings
@@ -43,8 +42,8 @@ from transferkit.methods.tca import TCA
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- domain-shallow:start -->", "<!-- domain-shallow:end -->"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
 
 METHODS = {
     "source only": lambda s: SourceOnly(random_state=s),
@@ -139,16 +138,6 @@ def run(args) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    block = f"{START}\n{text}\n{END}"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if START in old and END in old:
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=str(DATASETS))
@@ -164,7 +153,7 @@ def main(argv=None) -> int:
         return 0
     text = run(args)
     print(text)
-    write_section(text)
+    write_section("domain-shallow", text)
     return 0
 
 

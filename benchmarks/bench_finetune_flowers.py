@@ -31,6 +31,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_finetune import DATASETS, machine, precision_check  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
 START, END = "<!-- flowers:start -->", "<!-- flowers:end -->"
 METHODS = ("linear probe", "head", "last-k", "full")
 
@@ -119,16 +122,6 @@ def render(args, described, main_rows, size_rows, speed, seconds) -> str:
     return "\n".join(lines)
 
 
-def write_section(results: Path, section: str) -> None:
-    text = results.read_text(encoding="utf-8") if results.is_file() else ""
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text, encoding="utf-8")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -159,7 +152,7 @@ def main(argv=None) -> int:
     main_rows, size_rows = [], []
 
     def save():
-        write_section(args.results, render(args, described, main_rows, size_rows, speed,
+        write_section("flowers", render(args, described, main_rows, size_rows, speed,
                                            time.perf_counter() - started))
 
     # Seed 0 first, then the training-size table on its split, then the other seeds: a

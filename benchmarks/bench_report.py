@@ -21,17 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import write_section  # noqa: E402
+
 START, END = "<!-- report:start -->", "<!-- report:end -->"
-
-
-def write_section(results: Path, section: str) -> None:
-    text = results.read_text(encoding="utf-8") if results.is_file() else "# Benchmark results\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    results.write_text(text, encoding="utf-8")
 
 
 def main(argv=None) -> int:
@@ -83,7 +76,7 @@ def main(argv=None) -> int:
     else:
         lines.append("| Chromium | not installed: not measured | |")
     lines.append(END)
-    write_section(args.results, "\n".join(lines))
+    write_section("report", "\n".join(lines), args.results)
     print("\n".join(lines))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 
@@ -12,8 +13,12 @@ import torch
 from transferkit.errors import DataError
 from transferkit.methods.adda import ADDA
 from transferkit.methods.dann import DANN, dann_lambda, gradient_reversal
-from transferkit.methods.deep_adaptation import DeepSourceOnly, images_to_tensor
-from transferkit.methods.deep_coral import coral_loss
+from transferkit.methods.deep_adaptation import (
+    DeepSourceOnly,
+    images_to_tensor,
+    target_batchnorm_statistics,
+)
+from transferkit.methods.deep_coral import DeepCORAL, coral_loss
 from transferkit.methods.domain_confusion import (
     DomainConfusionSoftLabels,
     class_soft_labels,
@@ -110,6 +115,59 @@ def test_source_only_learns_and_the_domain_classifier_is_trained(tmp_path):
     # 180 training images (10% held out), batches of 32 with the last partial one
     # dropped: 5 steps an epoch; the progress counter behind λ_p counted them all.
     assert int(adapted.model_.steps_done) == 2 * (180 // 32)
+
+
+@pytest.fixture(scope="module")
+def colour_shift():
+    """Bars on black (source) → bars on random colour backgrounds (target), and the
+    source-only network's target accuracy over two seeds (the baseline to beat)."""
+    X, y = bars(200, 0)
+    Xt, yt = bars(200, 1, colour_shift=True)
+    test, truth = bars(300, 2, colour_shift=True)
+    with torch_threads(1):
+        baseline = np.mean([DeepSourceOnly(epochs=6, batch_size=32, random_state=seed)
+                            .fit(X, y).score(test, truth) for seed in (0, 1)])
+    return X, y, Xt, yt, test, truth, baseline
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("method", [DANN, DAN, DeepCORAL, ADDA, DomainConfusionSoftLabels,
+                                    ReconstructionDA], ids=lambda cls: cls.__name__)
+def test_each_deep_method_beats_source_only_on_a_colour_shift(colour_shift, method):
+    X, y, Xt, yt, test, truth, baseline = colour_shift
+    target_labels = None
+    if method is DomainConfusionSoftLabels:  # semi-supervised: ten labelled target images
+        target_labels = np.full(len(yt), -1)
+        target_labels[:10] = yt[:10]
+    accuracy = np.mean([method(epochs=6, batch_size=32, random_state=seed)
+                        .fit(X, y, Xt, target_labels).score(test, truth) for seed in (0, 1)])
+    assert accuracy > baseline + 0.02, (accuracy, baseline)
+
+
+def test_target_batchnorm_statistics_are_the_target_moments():
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2, 2),
+                          nn.BatchNorm1d(2))
+    target = torch.randn(40, 3, 1, 1) * 3 + 5
+    target_batchnorm_statistics(model, target, batch_size=40)
+    with torch.no_grad():
+        conv = model[0](target)
+    assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model[1].running_var, conv.var((0, 2, 3)), atol=1e-4)
+    assert model[1].momentum == 0.1 and not model.training
+    # In equal batches the running mean is the average of the batch means: the target mean.
+    target_batchnorm_statistics(model, target, batch_size=8)
+    assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)
 
 
 def test_bad_input_is_refused_with_a_clear_error():

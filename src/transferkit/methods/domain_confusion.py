@@ -66,6 +66,9 @@ class DomainConfusionSoftLabels(DeepSourceOnly):
         self.temperature = temperature
         self.labelled_per_batch = labelled_per_batch
 
+    def _per_domain_batchnorm(self) -> bool:
+        return True  # the confusion step runs one forward pass per domain
+
     def _extra_modules(self, n_features: int) -> dict:
         from torch import nn
 
