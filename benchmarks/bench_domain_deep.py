@@ -8,15 +8,19 @@ Rows: source only, DANN, DAN (multi-kernel MMD), Deep CORAL, ADDA, DRCN (reconst
 domain confusion + soft labels (semi-supervised: it alone also sees ``--labels-per-class``
 labelled images of the adaptation pool), target oracle (same network trained on the
 whole labelled adaptation pool). Cells: target accuracy mean ± sd over seeds and
-the share of the source-only → oracle gap closed. Writes the ``domain-deep`` section of
-benchmarks/RESULTS.md after every run, so a run cut short keeps what it measured.
+the share of the source-only → oracle gap closed. Each finished run is appended to
+benchmarks/domain_deep_runs.json and the ``domain-deep`` section of benchmarks/RESULTS.md
+is rebuilt from all runs, so a run cut short keeps what it measured and a rerun skips
+what is already there.
 
     .venv/bin/python benchmarks/bench_domain_deep.py --pairs "MNIST → MNIST-M" --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_domain_deep.py --pairs "MNIST → USPS" --seeds 0
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -55,56 +59,84 @@ def few_labels(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return partial
 
 
-def render(args, scores: dict, seconds: dict, elapsed: float) -> str:
-    load = os.getloadavg()[0]
+RUNS = Path(__file__).resolve().parent / "domain_deep_runs.json"
+ORDER = list(METHODS) + ["target oracle"]
+
+
+def load_runs() -> list[dict]:
+    """Every finished run so far: the table is built from all of them, so a column or a
+    seed can be added later (or a run cut short) without redoing the others."""
+    return json.loads(RUNS.read_text(encoding="utf-8")) if RUNS.is_file() else []
+
+
+def render(runs: list[dict], settings: dict) -> str:
+    same = [r for r in runs if all(r.get(k) == v for k, v in settings.items())]
     lines = ["## Deep domain adaptation on digits (Ganin & Lempitsky's MNIST network)", "",
-             f"`benchmarks/bench_domain_deep.py --epochs {args.epochs} --seeds "
-             f"{' '.join(map(str, args.seeds))} --n-source {args.n_source} --n-target "
-             f"{args.n_target} --n-test {args.n_test} --labels-per-class {args.labels_per_class}`; pools as in the shallow table above "
-             "(disjoint MNIST indices; MNIST-M from index ≥ 5000). Each seed seeds the "
-             "network, the batches and the target pairing; AdamW lr 1e-3, warm-up + cosine, no "
-             "gradient clipping, batches of 64 source + 64 target images (one BatchNorm pass per "
-             f"domain), fp32 on the CPU, {torch.get_num_threads()} torch threads. {elapsed:.0f} s in all, "
-             f"load average {load:.1f} at the last write (the machine was shared).", "",
-             "| pair | method | target accuracy | gap closed | fit s (mean) |", "|---|---|---|---|---|"]
-    for pair, by_method in scores.items():
-        base = np.mean(by_method.get("source only", [np.nan]))
-        oracle = np.mean(by_method.get("target oracle", [np.nan]))
-        for method, values in by_method.items():
+             f"`benchmarks/bench_domain_deep.py --epochs {settings['epochs']} --n-source "
+             f"{settings['n_source']} --n-target {settings['n_target']} --n-test "
+             f"{settings['n_test']} --labels-per-class {settings['labels_per_class']} "
+             "[--pairs …] [--methods …] [--seeds …]`; every run is kept in "
+             "`benchmarks/domain_deep_runs.json` and the table is rebuilt from all runs with "
+             "these settings (n = seeds so far). Pools as in the shallow table above (disjoint "
+             "MNIST indices; MNIST-M from index ≥ 5000; the adaptation pool's labels train only "
+             "the oracle, and 10 per class the semi-supervised domain confusion). Each seed "
+             "seeds the network, the batches and the target pairing; AdamW lr 1e-3, warm-up + "
+             "cosine, no gradient clipping, batches of 64 source + 64 target images with one "
+             "BatchNorm pass per domain and target statistics at prediction (AdaBN), fp32 on "
+             "the CPU. Fit times were taken on a shared 2-core machine (load 4–10), so they "
+             "are upper bounds.", "",
+             "| pair | method | target accuracy | gap closed | fit s (mean) |",
+             "|---|---|---|---|---|"]
+    pairs = list(dict.fromkeys(r["pair"] for r in same))
+    for pair in pairs:
+        by_method = {m: [r for r in same if r["pair"] == pair and r["method"] == m] for m in ORDER}
+        mean = {m: float(np.mean([r["accuracy"] for r in rs])) for m, rs in by_method.items() if rs}
+        for method, rows in by_method.items():
+            if not rows:
+                continue
+            values = [r["accuracy"] for r in rows]
             closed = ""
-            if method not in ("source only", "target oracle") and values:
-                closed = f"{100 * gap_closed(base, float(np.mean(values)), oracle):+.0f}%"
+            if method not in ("source only", "target oracle") and {"source only", "target oracle"} <= set(mean):
+                closed = f"{100 * gap_closed(mean['source only'], mean[method], mean['target oracle']):+.0f}%"
             sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-            lines.append(f"| {pair} | {method} | {np.mean(values):.3f} ± {sd:.3f} (n={len(values)}) | "
-                         f"{closed} | {np.mean(seconds[pair][method]):.0f} |")
-    lines += ["", "Gap closed = (method − source only) / (oracle − source only). For reference, "
-              "Ganin & Lempitsky report 0.5749 → 0.8149 on MNIST → MNIST-M (oracle 0.9891)."]
+            fit_s = np.mean([r["seconds"] for r in rows])
+            lines.append(f"| {pair} | {method} | {np.mean(values):.3f} ± {sd:.3f} (n={len(values)}) "
+                         f"| {closed} | {fit_s:.0f} |")
+    lines += ["", "Gap closed = (method − source only) / (oracle − source only), from the means. "
+              "For reference, Ganin & Lempitsky report 0.5749 → 0.8149 on MNIST → MNIST-M "
+              "(oracle 0.9891) with the full 60,000-image MNIST training set as the source."]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=["MNIST → MNIST-M"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS) + ["target oracle"])
+    parser.add_argument("--methods", nargs="+", default=ORDER)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n-source", type=int, default=5000)
     parser.add_argument("--n-target", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--labels-per-class", type=int, default=10,
                         help="labelled target images per class for the semi-supervised method")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if not DATASETS.is_dir():
         print(f"skipped: {DATASETS} is absent")
         return 0
-    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = {"epochs": args.epochs, "n_source": args.n_source, "n_target": args.n_target,
+                "n_test": args.n_test, "labels_per_class": args.labels_per_class}
     pairs = build_pairs(DATASETS, args.n_source, args.n_target, args.n_test)
-    scores, seconds = {}, {}
     for pair in args.pairs:
         source, adapt, test = (resize_domain(d, 32, rgb=True) for d in pairs[pair])
-        scores[pair], seconds[pair] = {}, {}
         for seed in args.seeds:
             for method in args.methods:
+                done = [r for r in load_runs() if r["pair"] == pair and r["method"] == method
+                        and r["seed"] == seed and all(r.get(k) == v for k, v in settings.items())]
+                if done:
+                    continue
                 t0 = time.perf_counter()
                 if method == "target oracle":
                     model = DeepSourceOnly(epochs=args.epochs, random_state=seed)
@@ -117,12 +149,14 @@ def main(argv=None) -> int:
                     model = METHODS[method](epochs=args.epochs, random_state=seed)
                     model.fit(source.images, source.labels, adapt.images)
                 accuracy = float(model.score(test.images, test.labels))
-                scores[pair].setdefault(method, []).append(accuracy)
-                seconds[pair].setdefault(method, []).append(time.perf_counter() - t0)
-                print(f"[{pair}] seed {seed} {method}: {accuracy:.4f} "
-                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
-                write_section("domain-deep", render(args, scores, seconds,
-                                                    time.perf_counter() - started))
+                run = dict(settings, pair=pair, method=method, seed=seed, accuracy=accuracy,
+                           seconds=time.perf_counter() - t0, threads=torch.get_num_threads(),
+                           load=os.getloadavg()[0])
+                RUNS.write_text(json.dumps(load_runs() + [run], indent=1, ensure_ascii=False),
+                                encoding="utf-8")
+                print(f"[{pair}] seed {seed} {method}: {accuracy:.4f} ({run['seconds']:.0f} s)",
+                      flush=True)
+                write_section("domain-deep", render(load_runs(), settings))
     return 0
 
 

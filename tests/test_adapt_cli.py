@@ -12,6 +12,8 @@ from transferkit.cli import main
 from transferkit.data.digits import DigitDomain, write_image_folder
 from transferkit.methods.deep_adaptation import DeepSourceOnly
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def bars_domain(n: int, seed: int, colour_shift: bool = False) -> DigitDomain:
     """Horizontal (0) and vertical (1) bars; the shifted domain has coloured backgrounds."""

@@ -90,12 +90,7 @@ def bars(n, seed, colour_shift=False):
     return images, labels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_source_only_learns_and_the_domain_classifier_is_trained(tmp_path):

@@ -452,3 +452,15 @@ def _as_paths(X) -> list[Path]:
     if array.size == 0:
         raise DataError("no images given.")
     return [Path(str(p)) for p in array]
+
+
+def build_extractor(backbone: str | None = None, weights=None, arch: str | None = None,
+                    **options) -> "FrozenExtractor | FusedExtractor":
+    """The extractor an estimator asks for: one backbone name, or several joined by ``+``
+    (their features side by side). ``options`` go to every :class:`FrozenExtractor`
+    (layer, pooling, cache_dir, use_cache, runtime, batch_size, num_workers)."""
+    names = [name.strip() for name in (backbone or DEFAULT_BACKBONE).split("+")]
+    if len(names) > 1 and weights is not None:
+        raise DataError("--weights applies to one backbone; fuse bundled or timm names.")
+    extractors = [FrozenExtractor.from_name(name, weights, arch, **options) for name in names]
+    return extractors[0] if len(extractors) == 1 else FusedExtractor(extractors)

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.errors import DataError
-from transferkit.features.extract import FrozenExtractor, _as_paths
+from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths, build_extractor
 
 SCORERS = ("mahalanobis", "ocsvm", "knn")
 
@@ -135,12 +135,12 @@ class AnomalyDetector(BaseEstimator):
         self.progress = progress
 
     # -- features ---------------------------------------------------------------------
-    def _extractor(self) -> FrozenExtractor:
+    def _extractor(self) -> FrozenExtractor | FusedExtractor:
         if getattr(self, "extractor_", None) is None:
-            self.extractor_ = FrozenExtractor.from_name(
-                self.backbone or DEFAULT_BACKBONE, self.weights, self.arch, layer=self.layer,
-                pooling=self.pooling, cache_dir=self.cache_dir, use_cache=self.use_cache,
-                runtime=self.runtime, batch_size=self.batch_size, num_workers=self.num_workers)
+            self.extractor_ = build_extractor(
+                self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
+                cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
+                batch_size=self.batch_size, num_workers=self.num_workers)
         return self.extractor_
 
     def extract(self, X):

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError
-from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths
+from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths, build_extractor
 from transferkit.methods.classifiers import make_probe_pipeline
 
 SKOPS_FILE = "classifier.skops"
@@ -77,14 +77,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     # -- features ---------------------------------------------------------------------
     def _extractor(self) -> FrozenExtractor | FusedExtractor:
         if getattr(self, "extractor_", None) is None:
-            names = [name.strip() for name in (self.backbone or DEFAULT_BACKBONE).split("+")]
-            if len(names) > 1 and self.weights is not None:
-                raise DataError("--weights applies to one backbone; fuse bundled or timm names.")
-            extractors = [FrozenExtractor.from_name(
-                name, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
+            self.extractor_ = build_extractor(
+                self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
                 cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
-                batch_size=self.batch_size, num_workers=self.num_workers) for name in names]
-            self.extractor_ = extractors[0] if len(extractors) == 1 else FusedExtractor(extractors)
+                batch_size=self.batch_size, num_workers=self.num_workers)
         return self.extractor_
 
     def extract(self, X):
