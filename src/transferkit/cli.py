@@ -193,6 +193,130 @@ def build_parser() -> argparse.ArgumentParser:
                        "generated and bundled: needs no data")
     _extraction(adapt)
     _common(adapt)
+    autoencoder = commands.add_parser("autoencoder", help="autoencoder pretraining on unlabelled "
+                                      "images, then few-label classifiers: encoder + logistic "
+                                      "regression, autoencoder- vs random-initialised network")
+    autoencoder.add_argument("--unlabelled", required=True,
+                             help="unlabelled images (any layout), resized to 32×32")
+    autoencoder.add_argument("--labelled", required=True,
+                             help="the few labelled images (one sub-folder per class)")
+    autoencoder.add_argument("--test", help="labelled images to score on (same classes)")
+    autoencoder.add_argument("--out", required=True, help="folder for reconstructions.png, "
+                             "summary.json and the training runs")
+    autoencoder.add_argument("--epochs", type=int, default=15,
+                             help="autoencoder training epochs (default 15)")
+    autoencoder.add_argument("--finetune-epochs", type=int, help="supervised epochs (default: "
+                             "enough for 300 steps of 32 images, at least 20)")
+    autoencoder.add_argument("--noise", type=float, default=0.0, help="denoising: std of the "
+                             "Gaussian noise added to inputs, on the [-1, 1] scale (default 0)")
+    autoencoder.add_argument("--contrast-normalise", action="store_true", help="reconstruct "
+                             "each image with its colour means removed and contrast scaled: "
+                             "shapes, not colours (helps on colourful digits such as MNIST-M)")
+    autoencoder.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    autoencoder.add_argument("--seed", type=int, default=0)
+    _common(autoencoder)
+    multitask = commands.add_parser("multitask", help="multi-task learning: one shared network, "
+                                    "one head per task (CSV with path + one column per task); "
+                                    "compares each task multi-task vs single-task")
+    multitask.add_argument("csv", help="CSV with a 'path' column and one label column per task "
+                           "(an empty cell: no label of that task)")
+    multitask.add_argument("--tasks", help="comma-separated task columns (default: every column "
+                           "but path); the first one stratifies the train/val split")
+    multitask.add_argument("--weighting", choices=["fixed", "uncertainty"], default="fixed",
+                           help="task-loss weighting: fixed weights, or learned uncertainty "
+                           "weights (Kendall et al. 2018); default fixed")
+    multitask.add_argument("--task-weights", help="comma-separated fixed weights, one per task "
+                           "(default all 1)")
+    multitask.add_argument("--val-fraction", type=float, default=0.2)
+    multitask.add_argument("--epochs", type=int, help="training epochs (default 60)")
+    multitask.add_argument("--backbone", help="frozen feature backbone (default efficientnet_lite0)")
+    multitask.add_argument("--weights", help="local checkpoint (.safetensors or state dict) for --arch")
+    multitask.add_argument("--arch", help="timm architecture of --weights")
+    multitask.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    multitask.add_argument("--seed", type=int, default=0)
+    _extraction(multitask)
+    _common(multitask)
+    distill = commands.add_parser("distill", help="knowledge distillation: a saved model (the "
+                                  "teacher) teaches a small CNN; compares it with the same CNN "
+                                  "trained alone and measures the speed-up")
+    distill.add_argument("--teacher", required=True, help="a model folder from `transferkit fit`")
+    distill.add_argument("--data", required=True, help="labelled images with the teacher's class "
+                         "names (class folders, optionally train/ val/; else a seeded split)")
+    distill.add_argument("--student", default="small-cnn", choices=["small-cnn", "tiny-cnn"],
+                         help="student network (default small-cnn)")
+    distill.add_argument("--out", help="folder for summary.json and student/ (the distilled "
+                         "student: config.json + student.safetensors)")
+    distill.add_argument("--unlabelled", help="extra images without labels: the student learns "
+                         "the teacher's outputs on them")
+    distill.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T "
+                         "of the soft targets (default 4)")
+    distill.add_argument("--alpha", type=float, default=0.9, help="weight α of the soft-target "
+                         "term; 1-α weighs the labels' cross-entropy (default 0.9)")
+    distill.add_argument("--epochs", type=int, default=40, help="student training epochs (default 40)")
+    distill.add_argument("--image-size", type=int, default=32, help="student input size in "
+                         "pixels (default 32)")
+    distill.add_argument("--val-fraction", type=float, default=0.2)
+    distill.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    distill.add_argument("--seed", type=int, default=0)
+    _extraction(distill)
+    _common(distill)
+    zeroshot = commands.add_parser("zeroshot", help="zero-shot learning: hold classes out, learn "
+                                   "a projection to a semantic space on the rest, name the "
+                                   "held-out images by their nearest class vector")
+    zeroshot.add_argument("data", help="labelled images (class sub-folders; train/ val/ test/ "
+                          "parts or a path,label CSV are pooled)")
+    zeroshot.add_argument("--unseen", help="comma-separated classes to hold out (folder names or "
+                          "cleaned names: sunflower = 09_sunflower); default a seeded random "
+                          "--unseen-fraction of the classes")
+    zeroshot.add_argument("--unseen-fraction", type=float, default=0.3, help="share of the "
+                          "classes held out when --unseen is not given (default 0.3)")
+    semantic = zeroshot.add_mutually_exclusive_group()
+    semantic.add_argument("--attributes", help="CSV class,attr1,attr2,... (numbers): the "
+                          "semantic space (default: sentence embeddings of the class names)")
+    semantic.add_argument("--descriptions", help="CSV class,description: sentence embeddings of "
+                          "these texts are the semantic space")
+    zeroshot.add_argument("--prompt", default="a photo of a {name}.", help="sentence around each "
+                          "cleaned class name, with {name} (default 'a photo of a {name}.')")
+    zeroshot.add_argument("--test-fraction", type=float, default=0.2, help="share of each seen "
+                          "class's images held out to score generalised zero-shot (default 0.2)")
+    zeroshot.add_argument("--backbone", help="feature backbone (default efficientnet_lite0)")
+    zeroshot.add_argument("--weights", help="local checkpoint (.safetensors or state dict) for --arch")
+    zeroshot.add_argument("--arch", help="timm architecture of --weights")
+    zeroshot.add_argument("--seed", type=int, default=0)
+    _extraction(zeroshot)
+    _common(zeroshot)
+    fewshot = commands.add_parser("fewshot", help="one-/few-shot classification: each query "
+                                  "image goes to the nearest class prototype of a support set")
+    fewshot.add_argument("--support", required=True, help="support images: one sub-folder per "
+                         "class, K images each (K = 1 for one-shot)")
+    fewshot.add_argument("--query", required=True, help="images to classify; sub-folders named "
+                         "like support classes make them labelled (accuracy is reported)")
+    fewshot.add_argument("--similarity", help="a learned similarity from `transferkit "
+                         "fewshot-train` (default: plain pretrained features)")
+    fewshot.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    fewshot.add_argument("--rule", choices=["prototype", "nearest"], default="prototype",
+                         help="class mean (Snell et al. 2017) or nearest support image")
+    fewshot.add_argument("--backbone", help="backbone without --similarity (default "
+                         "efficientnet_lite0)")
+    fewshot.add_argument("--layer", default="pre_logits", help="layer(s) without --similarity, "
+                         "e.g. blocks.2,blocks.3,blocks.4,blocks.5 (see `transferkit backbones "
+                         "--layers`)")
+    _extraction(fewshot)
+    _common(fewshot)
+    fewshot_train = commands.add_parser("fewshot-train", help="learn a similarity (Siamese head, "
+                                        "contrastive loss) on background classes for fewshot")
+    fewshot_train.add_argument("background", nargs="+", help="folder(s) of class sub-folders "
+                               "(nested ones too: alphabet/character/*.png)")
+    fewshot_train.add_argument("--out", default="transferkit-similarity", help="bundle folder")
+    fewshot_train.add_argument("--backbone", help="default efficientnet_lite0")
+    fewshot_train.add_argument("--layer", default="pre_logits", help="layer(s) whose frozen "
+                               "features feed the head")
+    fewshot_train.add_argument("--loss", choices=["contrastive", "triplet"], default="contrastive")
+    fewshot_train.add_argument("--epochs", type=int, default=30)
+    fewshot_train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    fewshot_train.add_argument("--seed", type=int, default=0)
+    _extraction(fewshot_train)
+    _common(fewshot_train)
     return parser
 
 
@@ -392,6 +516,123 @@ def _report_adapt(result: dict) -> None:
         print(f"wrote {result['out']}/summary.json and {result.get('domain_map')}")
 
 
+def _report_autoencoder(result: dict) -> None:
+    def fmt(value):
+        return "—" if value is None else f"{value:.3f}"
+
+    print(f"autoencoder: {result['n_unlabelled']} unlabelled + {result['n_labelled']} labelled "
+          f"images, {result['autoencoder_epochs']} epochs; reconstruction MSE "
+          f"{result['reconstruction_error_train']:.4f} (train), "
+          f"{fmt(result['reconstruction_error_test'])} (test)")
+    accuracy = result["accuracy"]
+    _print_table([["", f"test accuracy ({result['n_test']} images)"],
+                  ["encoder + logistic regression", fmt(accuracy["encoder_logreg"])],
+                  ["autoencoder-initialised, fine-tuned", fmt(accuracy["ae_init_finetuned"])],
+                  ["random-initialised", fmt(accuracy["random_init"])]])
+    if not result["n_test"]:
+        print("no --test folder: give one to compare the three classifiers.")
+    _show_skipped(result)
+    print(f"wrote {result['out']}/summary.json and {result['reconstructions']}")
+
+
+def _report_multitask(result: dict) -> None:
+    def fmt(value):
+        return "—" if value is None else f"{value:.3f}"
+
+    print(f"{result['n_images']} images: {result['n_train']} train, {result['n_val']} validation "
+          f"({result['validation']}); backbone {result['backbone']} (frozen), "
+          f"{result['epochs']} epochs")
+    rows = [["task", "classes", "train", "val", "single-task", f"multi-task ({result['weighting']})",
+             "task weight"]]
+    for task, info in result["per_task"].items():
+        rows.append([task, str(len(info["classes"])), str(info["n_train"]), str(info["n_val"]),
+                     fmt(info["single_task_accuracy"]), fmt(info["multitask_accuracy"]),
+                     f"{info['task_weight']:.3f}"])
+    _print_table(rows)
+    if result["weighting"] == "uncertainty":
+        print("task weight = exp(-s_t), s_t = log σ_t² learned")
+    _show_skipped(result)
+    print(f"{result['seconds']:.0f} s")
+
+
+def _report_distill(result: dict) -> None:
+    speed = result.get("speed") or {}
+
+    def rate(key):
+        value = speed.get(key)
+        return "—" if value is None else f"{value:.0f}"
+
+    print(f"teacher {result['teacher']} ({result['teacher_method']}) → student "
+          f"{result['student']} at {result['image_size']}×{result['image_size']}, "
+          f"T = {result['temperature']:g}, α = {result['alpha']:g}, {result['epochs']} epochs; "
+          f"{result['n_train']} labelled + {result['n_unlabelled']} unlabelled training images, "
+          f"{result['n_val']} validation images")
+    _print_table([["", "val accuracy", "images/s (batch 32)"],
+                  ["teacher", f"{result['teacher_accuracy']:.3f}", rate("teacher_images_per_s")],
+                  ["student alone", f"{result['student_alone_accuracy']:.3f}",
+                   rate("student_images_per_s")],
+                  ["student distilled", f"{result['student_distilled_accuracy']:.3f}",
+                   rate("student_images_per_s")]])
+    if speed.get("speedup"):
+        print(f"student {speed['speedup']:.0f}× faster than the teacher ({speed['note']})")
+    if result.get("note"):
+        print(f"note: {result['note']}")
+    _show_skipped(result)
+    if result.get("files"):
+        print(f"wrote {result['files']['summary']} and {result['files']['student']}/")
+
+
+def _report_zeroshot(result: dict) -> None:
+    zsl, gzsl = result["zero_shot"], result["generalised"]
+    raw = gzsl["uncalibrated"]
+    print(f"semantic space: {result['semantic']}")
+    print(f"seen {len(result['seen'])} classes ({result['n_train']} training, "
+          f"{result['n_seen_test']} test images); unseen {len(result['unseen'])}: "
+          + ", ".join(result["unseen"]) + f" ({result['n_unseen_test']} images)")
+    _print_table([["", "seen", "unseen", "H", "chance"],
+                  ["zero-shot (unseen candidates only)", "—", f"{zsl['accuracy']:.3f}", "—",
+                   f"{zsl['chance']:.3f}"],
+                  ["generalised (all candidates)", f"{gzsl['seen']:.3f}", f"{gzsl['unseen']:.3f}",
+                   f"{gzsl['harmonic_mean']:.3f}", f"{gzsl['chance']:.3f}"],
+                  ["generalised, uncalibrated", f"{raw['seen']:.3f}", f"{raw['unseen']:.3f}",
+                   f"{raw['harmonic_mean']:.3f}", f"{gzsl['chance']:.3f}"]])
+    hyper = result["hyperparameters"]
+    print(f"alpha {hyper['alpha']:g}, beta {hyper['beta']:g}, seen-class calibration "
+          f"{hyper['calibration']:g} ({hyper['chosen_by']}); per-class accuracy, chance = 1/k")
+    _show_skipped(result)
+
+
+def _report_fewshot(result: dict) -> None:
+    if "out" in result:  # fewshot-train
+        print(f"learned a similarity on {result['n_images']} images of {result['n_classes']} "
+              f"classes ({result['backbone']} {','.join(result['layers'])}, {result['loss']} "
+              f"loss, {result['epochs_run']} epochs, kept epoch {result['best_epoch']})")
+        print(f"verification on {result['validation']}: EER {result['eer_validation']:.3f} at "
+              f"threshold λ = {result['threshold']:.3f}")
+        _show_skipped(result)
+        print(f"wrote {result['out']}")
+        return
+    shots = result["k_shot"]
+    print(f"{result['n_way']}-way {shots if isinstance(shots, int) else '-'.join(map(str, shots))}"
+          f"-shot, {result['rule']} ({result['metric']}) on "
+          + (f"similarity {result['similarity']}" if result["similarity"]
+             else f"plain {result['backbone']} features ({','.join(result['layers'])})"))
+    if "accuracy" in result:
+        low, high = result["accuracy_ci95"]
+        print(f"accuracy {result['accuracy']:.3f} on {result['n_query']} query images "
+              f"(95% CI {low:.3f}–{high:.3f})")
+    else:
+        rows = [["image", "predicted", "distance"] + (["verified"] if result["similarity"] else [])]
+        for row in result["predictions"]:
+            rows.append([row["path"], row["predicted"], f"{row['distance']:.3f}"]
+                        + ([("yes" if row["verified"] else "no")] if "verified" in row else []))
+        _print_table(rows)
+    if result["similarity"]:
+        print(f"verification threshold λ = {result['threshold']:.3f} (equal-error point on "
+              "validation pairs)")
+    _show_skipped(result)
+
+
 def _seconds_since_process_start() -> float:
     import time
 
@@ -486,6 +727,60 @@ def main(argv=None) -> int:
                                      device=args.device, progress=not quiet,
                                      **_cache_options(args))
             report = _report_adapt
+        elif args.command == "autoencoder":
+            from transferkit.autoencoder_job import run_autoencoder
+
+            result = run_autoencoder(args.unlabelled, args.labelled, args.out, test=args.test,
+                                     epochs=args.epochs, finetune_epochs=args.finetune_epochs,
+                                     noise=args.noise,
+                                     contrast_normalise=args.contrast_normalise,
+                                     random_state=args.seed,
+                                     device=args.device, progress=not quiet)
+            report = _report_autoencoder
+        elif args.command == "multitask":
+            from transferkit.multitask_job import run_multitask
+
+            result = run_multitask(args.csv, tasks=args.tasks, weighting=args.weighting,
+                                   task_weights=args.task_weights,
+                                   val_fraction=args.val_fraction, epochs=args.epochs,
+                                   backbone=args.backbone, weights=args.weights, arch=args.arch,
+                                   device=args.device, random_state=args.seed,
+                                   progress=not quiet, **_cache_options(args))
+            report = _report_multitask
+        elif args.command == "distill":
+            from transferkit.distill_job import distill
+
+            result = distill(args.teacher, args.data, out=args.out, student=args.student,
+                             temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
+                             image_size=args.image_size, unlabelled=args.unlabelled,
+                             val_fraction=args.val_fraction, random_state=args.seed,
+                             device=args.device, progress=not quiet, **_cache_options(args))
+            report = _report_distill
+        elif args.command == "zeroshot":
+            from transferkit.zeroshot_job import zeroshot
+
+            result = zeroshot(args.data, unseen=args.unseen, attributes=args.attributes,
+                              descriptions=args.descriptions, prompt=args.prompt,
+                              unseen_fraction=args.unseen_fraction,
+                              test_fraction=args.test_fraction, backbone=args.backbone,
+                              weights=args.weights, arch=args.arch, random_state=args.seed,
+                              progress=not quiet, **_cache_options(args))
+            report = _report_zeroshot
+        elif args.command == "fewshot":
+            from transferkit.fewshot_job import fewshot
+
+            result = fewshot(args.support, args.query, similarity=args.similarity,
+                             backbone=args.backbone, layer=args.layer, metric=args.metric,
+                             rule=args.rule, progress=not quiet, **_cache_options(args))
+            report = _report_fewshot
+        elif args.command == "fewshot-train":
+            from transferkit.fewshot_job import fewshot_train
+
+            result = fewshot_train(args.background, args.out, backbone=args.backbone,
+                                   layer=args.layer, loss=args.loss, epochs=args.epochs,
+                                   device=args.device, random_state=args.seed,
+                                   progress=not quiet, **_cache_options(args))
+            report = _report_fewshot
         else:
             from transferkit.demo import run_demo
 

@@ -237,3 +237,71 @@ def collect_images(inputs) -> list[Path]:
 
 def looks_like_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+@dataclass
+class MultiTaskImages:
+    """Image files with one label column per task (``None``: no label of that task)."""
+
+    paths: list[Path]
+    labels: dict[str, list[str | None]]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.labels)
+
+
+def read_multitask_csv(csv_path: str | os.PathLike, tasks: list[str] | None = None) -> MultiTaskImages:
+    """Read a CSV with a ``path`` column and one label column per task (header required).
+
+    ``tasks`` picks and orders the task columns (default: every column but ``path``).
+    An empty cell (or ``-1``) means the row has no label for that task. Every task
+    needs at least one labelled row and two classes.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"{csv_path}: no such CSV file.")
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            raw = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 text CSV file ({exc}).") from exc
+    if "path" not in columns:
+        raise DataError(f"{csv_path}: the CSV needs a header with a 'path' column and one label "
+                        f"column per task, e.g. path,digit,high (found {columns}).")
+    available = [c for c in columns if c != "path"]
+    if tasks is None:
+        tasks = available
+    tasks = [t.strip() for t in tasks if t.strip()]
+    if not tasks:
+        raise DataError(f"{csv_path}: no task columns: add one label column per task beside "
+                        "'path'.")
+    missing = [t for t in tasks if t not in available]
+    if missing:
+        raise DataError(f"{csv_path}: task column(s) {missing} are not in the CSV; its columns "
+                        f"are {columns}.")
+    if len(set(tasks)) != len(tasks):
+        raise DataError(f"{csv_path}: a task is named twice in {tasks}.")
+    raw = [row for row in raw if row.get("path", "").strip()]
+    if not raw:
+        raise DataError(f"{csv_path}: the CSV lists no images.")
+    labels: dict[str, list[str | None]] = {}
+    for task in tasks:
+        column = [row.get(task, "").strip() for row in raw]
+        column = [None if value in ("", "-1") else value for value in column]
+        present = sorted({value for value in column if value is not None})
+        if not present:
+            raise DataError(f"{csv_path}: task column {task!r} is empty: no row has a label for it.")
+        if len(present) < 2:
+            raise DataError(f"{csv_path}: task {task!r} has only one class ({present[0]!r}); a "
+                            "task needs at least two classes.")
+        labels[task] = column
+    base = csv_path.parent
+    paths = [Path(p) if Path(p).is_absolute() else base / p
+             for p in (row["path"].strip() for row in raw)]
+    return MultiTaskImages(paths, labels)
