@@ -102,6 +102,16 @@ def render(runs: list[dict], settings: dict) -> str:
             fit_s = np.mean([r["seconds"] for r in rows])
             lines.append(f"| {pair} | {method} | {np.mean(values):.3f} ± {sd:.3f} (n={len(values)}) "
                          f"| {closed} | {fit_s:.0f} |")
+    verdicts = []
+    for pair in pairs:
+        rows = {m: [r["accuracy"] for r in same if r["pair"] == pair and r["method"] == m]
+                for m in ("source only", "DANN", "target oracle")}
+        if all(rows.values()):
+            closed = gap_closed(*(float(np.mean(rows[m])) for m in ("source only", "DANN", "target oracle")))
+            verdicts.append(f"{pair}: DANN closes {100 * closed:.0f}% of the gap "
+                            f"({'meets' if closed >= 0.5 else 'misses'} the issue's goal of ≥ 50%)")
+    if verdicts:
+        lines += ["", "Goal check — " + "; ".join(verdicts) + "."]
     lines += ["", "Gap closed = (method − source only) / (oracle − source only), from the means. "
               "For reference, Ganin & Lempitsky report 0.5749 → 0.8149 on MNIST → MNIST-M "
               "(oracle 0.9891) with the full 60,000-image MNIST training set as the source."]

@@ -123,6 +123,35 @@ def test_frozen_encoder_stays_bitwise_unchanged_and_training_moves_it_otherwise(
     assert torch.equal(fitted.model_.encoder[0].weight, encoder["0.weight"])
 
 
+def test_head_first_stage_keeps_the_encoder_frozen_then_fine_tunes_it(tiny, fitted, tmp_path):
+    images, labels = tiny
+    encoder = fitted.encoder_state_dict()
+    options = dict(batch_size=16, lr=1e-2, val_fraction=0.0, device="cpu", random_state=1)
+    # All epochs in the head stage: the encoder, BatchNorm statistics included, is bitwise
+    # the autoencoder's, while the head has trained.
+    head_only = AutoencoderInitialisedClassifier(fitted, epochs=2, head_first_epochs=2,
+                                                 **options).fit(images, labels)
+    for name, tensor in head_only.model_.features.state_dict().items():
+        assert torch.equal(tensor, encoder[name]), name
+    start = AutoencoderInitialisedClassifier(fitted, **options)
+    start.classes_, start.autoencoder_ = np.array([0, 1]), fitted
+    initial_head = start._new_network().classifier
+    assert not torch.equal(head_only.model_.classifier[0].weight, initial_head[0].weight)
+    # Head stage then fine-tuning: the encoder moves in the second stage, the epochs are
+    # numbered on through both, and each stage logs to its own sub-folder.
+    staged = AutoencoderInitialisedClassifier(fitted, epochs=3, head_first_epochs=2,
+                                              run_dir=str(tmp_path / "run"),
+                                              **options).fit(images, labels)
+    assert not torch.equal(staged.model_.features[0].weight, encoder["0.weight"])
+    assert [row["epoch"] for row in staged.history_] == [1, 2, 3]
+    assert (tmp_path / "run" / "head" / "metrics.csv").is_file()
+    assert (tmp_path / "run" / "finetune" / "metrics.csv").is_file()
+    assert all(p.requires_grad for p in staged.model_.parameters())
+    with pytest.raises(DataError, match="head_first_epochs"):
+        AutoencoderInitialisedClassifier(fitted, epochs=2, head_first_epochs=3,
+                                         **options).fit(images, labels)
+
+
 def test_an_unfitted_autoencoder_is_pretrained_on_the_unlabelled_images(tiny, tmp_path):
     images, labels = tiny
     template = ConvAutoencoder(epochs=1, batch_size=32, val_fraction=0.0, device="cpu")

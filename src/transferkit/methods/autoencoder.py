@@ -235,17 +235,28 @@ class AutoencoderInitialisedClassifier(DeepSourceOnly):
     (1: plain fine-tuning as in Erhan et al.; 0 keeps the encoder frozen). The head is
     initialised at random (seeded by ``random_state``), exactly as in
     :class:`DeepSourceOnly`, which is therefore the random-initialisation baseline.
+
+    ``head_first_epochs`` > 0 trains in two stages ("linear probe, then fine-tune", LP-FT;
+    Kumar et al. 2022, "Fine-tuning can distort pretrained features and underperform
+    out-of-distribution"): first only the head, for that many epochs, the encoder frozen
+    (its BatchNorm statistics too), so that the randomly initialised head does not send
+    large gradients into the pretrained encoder; then the whole network as above for the
+    remaining ``epochs − head_first_epochs`` epochs (a fresh optimiser and learning-rate
+    schedule; ``history_`` holds both stages' rows). The total number of epochs is
+    ``epochs`` either way, as for the baseline.
     """
 
     def __init__(self, autoencoder: ConvAutoencoder | None = None, epochs: int = 20,
                  batch_size: int = 64, lr: float = 1e-3, encoder_lr_factor: float = 1.0,
-                 width: int = 1, val_fraction: float = 0.1, device: str = "auto",
-                 random_state: int = 0, progress: bool = False, run_dir: str | None = None):
+                 head_first_epochs: int = 0, width: int = 1, val_fraction: float = 0.1,
+                 device: str = "auto", random_state: int = 0, progress: bool = False,
+                 run_dir: str | None = None):
         self.autoencoder = autoencoder
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
         self.encoder_lr_factor = encoder_lr_factor
+        self.head_first_epochs = head_first_epochs
         self.width = width
         self.val_fraction = val_fraction
         self.device = device
@@ -259,6 +270,9 @@ class AutoencoderInitialisedClassifier(DeepSourceOnly):
         if self.encoder_lr_factor < 0:
             raise DataError("encoder_lr_factor must be non-negative, got "
                             f"{self.encoder_lr_factor}.")
+        if not 0 <= self.head_first_epochs <= self.epochs:
+            raise DataError("head_first_epochs must be between 0 and epochs "
+                            f"({self.epochs}), got {self.head_first_epochs}.")
         data = self._domain_tensors(X, y, None, None)  # checks X, y before any pretraining
         self.autoencoder_ = self._pretrained(X, X_unlabelled)
         if self.autoencoder_.width != self.width:
@@ -296,15 +310,32 @@ class AutoencoderInitialisedClassifier(DeepSourceOnly):
         train_loader, val_loader = self._loaders(source, labels)
         model = self._new_network()
         encoder = list(model.features.parameters())
+        rest = [p for name, p in model.named_parameters() if not name.startswith("features.")]
+        step_fn = self._step_fn(False, max(1, self.epochs * len(train_loader)))
+        staged = self.run_dir is not None
+        history = []
+        head_epochs = int(self.head_first_epochs)
+        if head_epochs:  # stage 1: the head alone, the encoder (and its BatchNorm) frozen
+            for parameter in encoder:
+                parameter.requires_grad_(False)
+            result = self._run(model, [{"params": rest, "lr": self.lr, "weight_decay": 1e-4}],
+                               train_loader, val_loader, step_fn, head_epochs,
+                               "head" if staged else None)
+            model, history = result.model, list(result.history)
+            encoder = list(model.features.parameters())
+            rest = [p for name, p in model.named_parameters() if not name.startswith("features.")]
+            for parameter in encoder:
+                parameter.requires_grad_(True)
+        if head_epochs == self.epochs:
+            return model, history
         if self.encoder_lr_factor == 0:
             for parameter in encoder:
                 parameter.requires_grad_(False)
-        rest = [p for name, p in model.named_parameters() if not name.startswith("features.")]
         groups = [{"params": rest, "lr": self.lr, "weight_decay": 1e-4}]
         if self.encoder_lr_factor > 0:
             groups.insert(0, {"params": encoder, "lr": self.lr * self.encoder_lr_factor,
                               "weight_decay": 1e-4})
-        step_fn = self._step_fn(False, max(1, self.epochs * len(train_loader)))
-        stage = "finetune" if self.run_dir is not None else None
-        result = self._run(model, groups, train_loader, val_loader, step_fn, self.epochs, stage)
-        return result.model, result.history
+        result = self._run(model, groups, train_loader, val_loader, step_fn,
+                           self.epochs - head_epochs, "finetune" if staged else None)
+        return result.model, history + [{**row, "epoch": row["epoch"] + head_epochs}
+                                        for row in result.history]
