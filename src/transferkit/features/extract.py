@@ -464,3 +464,21 @@ def build_extractor(backbone: str | None = None, weights=None, arch: str | None 
         raise DataError("--weights applies to one backbone; fuse bundled or timm names.")
     extractors = [FrozenExtractor.from_name(name, weights, arch, **options) for name in names]
     return extractors[0] if len(extractors) == 1 else FusedExtractor(extractors)
+
+
+class FrozenFeaturesMixin:
+    """``_extractor()`` / ``extract(X)`` for estimators whose parameters name a frozen
+    backbone (backbone, weights, arch, layer, pooling, cache_dir, use_cache, runtime,
+    batch_size, num_workers, progress); the extractor is built once, on first use."""
+
+    def _extractor(self) -> "FrozenExtractor | FusedExtractor":
+        if getattr(self, "extractor_", None) is None:
+            self.extractor_ = build_extractor(
+                self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
+                cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
+                batch_size=self.batch_size, num_workers=self.num_workers)
+        return self.extractor_
+
+    def extract(self, X):
+        """Features of the readable images of ``X`` (an :class:`ExtractionResult`)."""
+        return self._extractor().extract(_as_paths(X), progress=self.progress)

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.errors import DataError
-from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths, build_extractor
+from transferkit.features.extract import FrozenFeaturesMixin
 
 SCORERS = ("mahalanobis", "ocsvm", "knn")
 
@@ -89,7 +89,7 @@ class LedoitWolfGaussian:
         return np.maximum(squared, 0.0)
 
 
-class AnomalyDetector(BaseEstimator):
+class AnomalyDetector(FrozenFeaturesMixin, BaseEstimator):
     """Pretrained features of normal images → an anomaly score for new images.
 
     Parameters: ``scorer`` (``mahalanobis``, ``ocsvm`` or ``knn``), ``n_neighbors`` (knn),
@@ -133,19 +133,6 @@ class AnomalyDetector(BaseEstimator):
         self.runtime = runtime
         self.num_workers = num_workers
         self.progress = progress
-
-    # -- features ---------------------------------------------------------------------
-    def _extractor(self) -> FrozenExtractor | FusedExtractor:
-        if getattr(self, "extractor_", None) is None:
-            self.extractor_ = build_extractor(
-                self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
-                cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
-                batch_size=self.batch_size, num_workers=self.num_workers)
-        return self.extractor_
-
-    def extract(self, X):
-        """Features of the readable images of ``X`` (an :class:`ExtractionResult`)."""
-        return self._extractor().extract(_as_paths(X), progress=self.progress)
 
     # -- checks -----------------------------------------------------------------------
     def _check_params(self) -> None:

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError
-from transferkit.features.extract import FrozenExtractor, FusedExtractor, _as_paths, build_extractor
+from transferkit.features.extract import FrozenFeaturesMixin, _as_paths
 from transferkit.methods.classifiers import make_probe_pipeline
 
 SKOPS_FILE = "classifier.skops"
@@ -42,7 +42,7 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_method("linear_probe")
-class LinearProbe(ClassifierMixin, BaseEstimator):
+class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
     """Frozen backbone features + a shallow classifier (``logreg``, ``svm``, ``knn``, ``mlp``).
 
     ``X`` is a sequence of image paths. Unreadable training images are skipped with a
@@ -73,19 +73,6 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.runtime = runtime
         self.num_workers = num_workers
         self.progress = progress
-
-    # -- features ---------------------------------------------------------------------
-    def _extractor(self) -> FrozenExtractor | FusedExtractor:
-        if getattr(self, "extractor_", None) is None:
-            self.extractor_ = build_extractor(
-                self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
-                cache_dir=self.cache_dir, use_cache=self.use_cache, runtime=self.runtime,
-                batch_size=self.batch_size, num_workers=self.num_workers)
-        return self.extractor_
-
-    def extract(self, X):
-        """Features of the readable images of ``X`` (an :class:`ExtractionResult`)."""
-        return self._extractor().extract(_as_paths(X), progress=self.progress)
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None):
