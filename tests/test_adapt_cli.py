@@ -71,6 +71,21 @@ def test_adapt_writes_the_summary_with_every_number(domains, capsys):
     assert Image.open(out / "domain_map.png").size[0] > 400
     assert (out / "train" / "dann" / "metrics.csv").is_file()
 
+    # The HTML report: the three accuracies, the domain maps and one learning-curve figure
+    # per trained network, all embedded; `transferkit report` renders the folder again.
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert summary["report"] == str(out / "report.html")
+    for key in ("source_only_accuracy", "adapted_accuracy", "oracle_accuracy"):
+        assert f"{100 * summary[key]:.1f}%" in report
+    assert "Domain maps" in report and "broken.png" in report
+    trained = sorted(p.parent.name for p in (out / "train").glob("*/metrics.csv"))
+    assert trained == ["dann", "oracle", "source-only"]
+    assert report.count('src="data:image/png;base64,') == 1 + len(trained)
+    assert 'src="http' not in report and "<script" not in report
+    (out / "report.html").unlink()
+    assert main(["report", str(out), "--quiet"]) == 0
+    assert (out / "report.html").read_text(encoding="utf-8") == report
+
     # The reported source-only accuracy is the source-only network's, reproducible alone.
     images = np.stack([np.asarray(Image.open(p)) for d in "01"
                        for p in sorted((domains / "source" / d).glob("*.png"))])
@@ -124,3 +139,4 @@ def test_adapt_demo_runs_embedded(tmp_path, capsys):
     assert summary["n_source"] == 2000 and summary["n_target"] == 898
     assert summary["oracle_accuracy"] is not None and summary["gap_closed"] is not None
     assert (tmp_path / "demo" / "run" / "domain_map.png").is_file()
+    assert "printed digits" in (tmp_path / "demo" / "run" / "report.html").read_text(encoding="utf-8")

@@ -159,6 +159,19 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
         fit_loop(other, groups_of(other, lr=0.5), train, val, classify, config(), tmp_path)
 
 
+def test_a_completed_run_of_other_settings_is_refused_not_reused(tmp_path):
+    model = mlp()
+    train, val = loaders()
+    fit_loop(model, groups_of(model), train, val, classify, config(epochs=2), tmp_path)
+    assert (tmp_path / "final" / "result.json").is_file()
+    again = mlp()  # the same settings: the finished run is reproduced without training
+    assert fit_loop(again, groups_of(again), train, val, classify, config(epochs=2),
+                    tmp_path).epochs_run == 2
+    fewer = mlp()  # other settings must not silently get the 2-epoch model back
+    with pytest.raises(TransferkitError, match="different training run"):
+        fit_loop(fewer, groups_of(fewer), train, val, classify, config(epochs=1), tmp_path)
+
+
 def test_sgd_and_grad_clipping():
     model = mlp()
     train, val = loaders()

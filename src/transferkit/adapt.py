@@ -229,7 +229,10 @@ def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
         summary["out"] = str(out)
     summary["seconds"] = time.perf_counter() - start
     if out is not None:
+        from transferkit.report.html import write_report
+
         write_json_atomic(out / "summary.json", summary)
+        summary["report"] = str(write_report(out))
     return summary
 
 
@@ -255,6 +258,7 @@ def run_adapt_demo(out: str | os.PathLike = "transferkit-adapt-demo", method: st
     """
     from transferkit.bundle import write_json_atomic
     from transferkit.data.digits import render_printed_digits, resize_domain, write_image_folder
+    from transferkit.report.html import write_report
 
     out = Path(out)
     data = out / "data"
@@ -272,4 +276,5 @@ def run_adapt_demo(out: str | os.PathLike = "transferkit-adapt-demo", method: st
                        "digits (UCI, bundled with scikit-learn); the target pool's labels "
                        "train only the oracle")
     write_json_atomic(out / "run" / "summary.json", summary)
+    summary["report"] = str(write_report(out / "run"))  # again, now with the demo's note
     return summary

@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="write one self-contained HTML report of a "
                                  "run folder (a model from fit, a layers sweep)")
-    report.add_argument("run_dir", help="folder written by `transferkit fit` or `transferkit layers`")
+    report.add_argument("run_dir", help="folder written by `transferkit fit`, `transferkit layers` "
+                        "or `transferkit adapt`")
     report.add_argument("--out", help="HTML file to write (default RUN_DIR/report.html)")
     _common(report)
 
@@ -514,6 +515,8 @@ def _report_adapt(result: dict) -> None:
     _show_skipped(result)
     if result.get("out"):
         print(f"wrote {result['out']}/summary.json and {result.get('domain_map')}")
+    if result.get("report"):
+        print(f"report: {result['report']}")
 
 
 def _report_autoencoder(result: dict) -> None:

@@ -2,11 +2,14 @@
 
 A run folder is what ``transferkit fit`` writes (a model bundle: ``config.json``,
 ``metrics.json``, and ``report_data.json`` with the validation predictions and a 2-D map
-of the features) or what ``transferkit layers`` writes (``layers.json`` + ``layers.png``).
+of the features), what ``transferkit layers`` writes (``layers.json`` + ``layers.png``)
+or what ``transferkit adapt`` writes (``summary.json``, ``domain_map.png`` and the
+trainings' ``train/*/metrics.csv``).
 The report shows whatever of these is present: data summary and skipped files, method and
 backbone, metrics with 95% confidence intervals, the confusion matrix, learning curves of
-deep methods, the layer sweep, the feature map coloured by class, and a gallery of the
-most confidently wrong validation images. Every picture is embedded as a ``data:`` URI
+deep methods, the layer sweep, the feature map coloured by class, a gallery of the
+most confidently wrong validation images, and for domain adaptation the source-only /
+adapted / oracle accuracies with the domain maps before and after. Every picture is embedded as a ``data:`` URI
 and there is no script, so the file can be mailed or archived on its own.
 """
 
@@ -25,6 +28,7 @@ from transferkit.errors import TransferkitError
 
 REPORT_FILE = "report.html"
 REPORT_DATA = "report_data.json"
+ADAPT_SUMMARY = "summary.json"
 GALLERY_SIZE = 12
 THUMBNAIL_PX = 160
 MAP_MAX_POINTS = 1500
@@ -305,6 +309,84 @@ def _negative_transfer(check: dict) -> str:
             f"accuracy; {_esc(check.get('protocol', ''))}, p = {check['p_value']:.3g}.</p>")
 
 
+def _embedded_png(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img class="figure" alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _read_metrics_csv(path: Path) -> list[dict]:
+    """The loop's ``metrics.csv`` as history rows (numbers parsed, blanks kept blank)."""
+    import csv
+
+    def number(value: str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [{key: ("" if value == "" else number(value)) for key, value in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
+    """What ``transferkit adapt`` measured: accuracies, gap, A-distance, domain maps and
+    the learning curves of each trained network."""
+    def acc(value):
+        return "—" if value is None else _pct(value)
+
+    rows = [["source only", acc(summary.get("source_only_accuracy"))],
+            [_esc(summary.get("method", "?")), acc(summary.get("adapted_accuracy"))],
+            ["target oracle", acc(summary.get("oracle_accuracy"))]]
+    gap = summary.get("gap_closed")
+    facts = [["family", _esc(summary.get("family", "?"))],
+             ["source", f"<code>{_esc(summary.get('source', '?'))}</code> "
+                        f"({summary.get('n_source', '?')} images)"],
+             ["target (unlabelled)", f"<code>{_esc(summary.get('target', '?'))}</code> "
+                                     f"({summary.get('n_target', '?')} images)"],
+             ["labelled target images", str(summary.get("n_target_labelled", 0))
+              + (" (used by the method)" if summary.get("labelled_target_used_by_method")
+                 else " (train the oracle only)")],
+             ["target test images", str(summary.get("n_target_test", 0))],
+             ["gap closed", "—" if gap is None else f"{100 * gap:.0f}% of source only → oracle"]]
+    if summary.get("a_distance_before") is not None:
+        facts.append(["proxy A-distance", f"{summary['a_distance_before']:.2f} before, "
+                                          f"{summary['a_distance_after']:.2f} after"])
+    if summary.get("backbone"):
+        facts.append(["backbone", _esc(summary["backbone"])])
+    if summary.get("seconds") is not None:
+        facts.append(["wall time", f"{summary['seconds']:.1f} s"])
+    if summary.get("demo"):
+        facts.insert(0, ["demo", _esc(summary["demo"])])
+    out = ["<h2>Domain adaptation</h2>" + _table(None, facts, "kv")
+           + _table(["model", "target test accuracy"], rows)
+           + "<p class=\"muted\">Gap closed = (adapted − source only) / (oracle − source only); "
+             "negative means the method transferred negatively. The proxy A-distance is "
+             "2(1 − 2ε) for a domain classifier's held-out error ε: 0 when the domains are "
+             "indistinguishable, 2 when they are fully separable.</p>"]
+    if (run_dir / "domain_map.png").is_file():
+        out.append("<h2>Domain maps</h2><p class=\"muted\">2-D PCA of source (blue) and target "
+                   "(orange) features, before adaptation (source-only model) and after.</p>"
+                   + _embedded_png(run_dir / "domain_map.png", "domain maps"))
+    def training_order(path: Path):  # source only, then the method, then the oracle
+        name = path.relative_to(run_dir / "train").parts[0]
+        return ({"source-only": 0, "oracle": 2}.get(name, 1), path.as_posix())
+
+    for metrics in sorted((run_dir / "train").glob("**/metrics.csv"), key=training_order):
+        history = _read_metrics_csv(metrics)
+        if history:
+            name = metrics.parent.relative_to(run_dir / "train").as_posix()
+            out.append(_learning_curves(history).replace(
+                "<h2>Learning curves</h2>", f"<h2>Learning curves: {_esc(name)}</h2>"
+                "<p class=\"muted\">Validation = a held-out part of the network's labelled "
+                "training images: source images, except for the oracle (target images).</p>", 1))
+    skipped = summary.get("skipped", [])
+    if skipped:
+        items = "".join(f"<li><code>{_esc(s['reason'])}</code></li>" for s in skipped[:50])
+        out.append(f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}</ul>')
+    return out
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -317,10 +399,19 @@ def render_report(run_dir: str | os.PathLike) -> str:
     run_dir = Path(run_dir)
     has_model = (run_dir / "config.json").is_file()
     has_sweep = (run_dir / "layers.json").is_file()
-    if not (has_model or has_sweep):
+    adaptation = None
+    if (run_dir / ADAPT_SUMMARY).is_file():
+        adaptation = _read_json(run_dir / ADAPT_SUMMARY)
+        if "adapted_accuracy" not in adaptation:
+            adaptation = None
+    if not (has_model or has_sweep or adaptation):
         raise TransferkitError(f"{run_dir}: not a run folder (no config.json from `transferkit "
-                               "fit`, no layers.json from `transferkit layers`).")
+                               "fit`, no layers.json from `transferkit layers`, no summary.json "
+                               "from `transferkit adapt`).")
     sections, title = [], run_dir.name
+    if adaptation:
+        title = f"{run_dir.name}: adapt {adaptation.get('method', '')}"
+        sections += _adaptation_sections(run_dir, adaptation)
     if has_model:
         config = _read_json(run_dir / "config.json")
         metrics = _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}

@@ -197,13 +197,6 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     config.validate()
     accelerator = make_accelerator(config.device, config.precision)
     checkpoints = CheckpointDir(run_dir) if run_dir is not None else None
-    if checkpoints is not None and config.resume:
-        final = checkpoints.load_final()
-        if final is not None:  # this run already completed: reproduce its end state
-            weights, result = final
-            accelerator.unwrap_model(model).load_state_dict(weights)
-            return TrainResult(result["history"], result["best_epoch"], result["epochs_run"],
-                               result["stopped_early"], model)
 
     set_seed(config.seed)
     if config.channels_last:
@@ -213,6 +206,18 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, make_schedule(config.schedule, config.epochs * steps_per_epoch, config.warmup_fraction))
     fingerprint = _fingerprint(config, optimizer, steps_per_epoch)
+    mismatch = (f"{run_dir} holds a checkpoint of a different training run (other settings or "
+                "data). Give a new run folder, or delete it to start over.")
+    if checkpoints is not None and config.resume:
+        final = checkpoints.load_final()
+        if final is not None:  # this run already completed: reproduce its end state
+            weights, result = final
+            # A completed run of other settings (say fewer epochs) must not stand in for this one.
+            if result.get("fingerprint") != fingerprint:
+                raise TransferkitError(mismatch)
+            accelerator.unwrap_model(model).load_state_dict(weights)
+            return TrainResult(result["history"], result["best_epoch"], result["epochs_run"],
+                               result["stopped_early"], model)
     if config.compile:
         model = torch.compile(model)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
@@ -227,9 +232,7 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     if loaded is not None:
         weights, best_state, state, progress = loaded
         if progress.get("fingerprint") != fingerprint:
-            raise TransferkitError(
-                f"{run_dir} holds a checkpoint of a different training run (other settings or "
-                "data). Give a new run folder, or delete it to start over.")
+            raise TransferkitError(mismatch)
         accelerator.unwrap_model(model).load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -303,7 +306,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     if checkpoints is not None and accelerator.is_main_process:
         checkpoints.save_final(_state_dict(accelerator, model),
                                {"history": history, "best_epoch": result.best_epoch,
-                                "epochs_run": result.epochs_run, "stopped_early": stopped_early})
+                                "epochs_run": result.epochs_run, "stopped_early": stopped_early,
+                                "fingerprint": fingerprint})
     accelerator.free_memory()
     return result
 
