@@ -269,14 +269,16 @@ def _data_section(config: dict, metrics: dict) -> str:
                 f"{_esc(data.get('validation', '?'))}.</p>")
     if rows:
         out += _table(["class", "train images", "validation images"], rows)
-    skipped = config.get("skipped", [])
-    if skipped:
-        items = "".join(f"<li><code>{_esc(s['reason'])}</code></li>" for s in skipped[:50])
-        more = f"<li>… and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
-        out += f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}{more}</ul>'
-    else:
-        out += "<p>No file was skipped.</p>"
-    return out
+    return out + _skipped_files(config.get("skipped", []))
+
+
+def _skipped_files(skipped: list[dict]) -> str:
+    if not skipped:
+        return "<p>No file was skipped.</p>"
+    items = "".join(f"<li><code>{_esc(s['reason'])}</code></li>" for s in skipped[:50])
+    more = f"<li>… and {len(skipped) - 50} more</li>" if len(skipped) > 50 else ""
+    return f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}{more}</ul>'
+
 
 
 def _model_section(config: dict, metrics: dict) -> str:
@@ -380,10 +382,7 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
                 "<h2>Learning curves</h2>", f"<h2>Learning curves: {_esc(name)}</h2>"
                 "<p class=\"muted\">Validation = a held-out part of the network's labelled "
                 "training images: source images, except for the oracle (target images).</p>", 1))
-    skipped = summary.get("skipped", [])
-    if skipped:
-        items = "".join(f"<li><code>{_esc(s['reason'])}</code></li>" for s in skipped[:50])
-        out.append(f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}</ul>')
+    out.append(_skipped_files(summary.get("skipped", [])))
     return out
 
 
