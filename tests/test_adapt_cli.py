@@ -64,6 +64,7 @@ def test_adapt_writes_the_summary_with_every_number(domains, capsys):
     else:
         assert summary["gap_closed"] is None  # no gap to close
     assert -2.5 <= summary["a_distance_before"] <= 2.0 and -2.5 <= summary["a_distance_after"] <= 2.0
+    assert summary["mmd_before"] > 0 and summary["mmd_after"] >= 0
     assert summary["n_source"] == 80 and summary["n_target"] == 60 and summary["n_target_test"] == 40
     assert summary["n_skipped"] == 1 and summary["skipped"][0]["path"].endswith("broken.png")
     assert not summary["labelled_target_used_by_method"]  # DANN is unsupervised

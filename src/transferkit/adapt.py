@@ -131,6 +131,15 @@ def _a_distance(source, target, random_state: int) -> float | None:
     return proxy_a_distance(source, target, random_state=random_state)
 
 
+def _mmd(source, target, random_state: int) -> float | None:
+    """RBF-kernel MMD (median-heuristic bandwidth of each space, so before and after compare)."""
+    from transferkit.evaluate.domain import mmd
+
+    if min(len(source), len(target)) < 2:
+        return None
+    return mmd(source, target, random_state=random_state)
+
+
 def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
           target_test=None, epochs: int | None = None, backbone: str | None = None,
           random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
@@ -204,6 +213,8 @@ def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
         "gap_closed": None,
         "a_distance_before": _a_distance(*before, random_state),
         "a_distance_after": _a_distance(*after, random_state),
+        "mmd_before": _mmd(*before, random_state),
+        "mmd_after": _mmd(*after, random_state),
         "n_skipped": len(represent.skipped),
         "skipped": [{"path": p, "reason": r} for p, r in represent.skipped],
         "backbone": None if deep else (backbone or "efficientnet_lite0"),

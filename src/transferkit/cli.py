@@ -512,6 +512,9 @@ def _report_adapt(result: dict) -> None:
         print(f"gap closed: {100 * result['gap_closed']:.0f}% of source only → oracle")
     print(f"proxy A-distance source↔target: {fmt(result['a_distance_before'])} before, "
           f"{fmt(result['a_distance_after'])} after")
+    if result.get("mmd_before") is not None:
+        print(f"MMD source↔target: {fmt(result['mmd_before'])} before, "
+              f"{fmt(result['mmd_after'])} after")
     _show_skipped(result)
     if result.get("out"):
         print(f"wrote {result['out']}/summary.json and {result.get('domain_map')}")

@@ -354,6 +354,9 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
     if summary.get("a_distance_before") is not None:
         facts.append(["proxy A-distance", f"{summary['a_distance_before']:.2f} before, "
                                           f"{summary['a_distance_after']:.2f} after"])
+    if summary.get("mmd_before") is not None:
+        facts.append(["MMD (RBF kernel)", f"{summary['mmd_before']:.3f} before, "
+                                          f"{summary['mmd_after']:.3f} after"])
     if summary.get("backbone"):
         facts.append(["backbone", _esc(summary["backbone"])])
     if summary.get("seconds") is not None:
@@ -365,7 +368,8 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
            + "<p class=\"muted\">Gap closed = (adapted − source only) / (oracle − source only); "
              "negative means the method transferred negatively. The proxy A-distance is "
              "2(1 − 2ε) for a domain classifier's held-out error ε: 0 when the domains are "
-             "indistinguishable, 2 when they are fully separable.</p>"]
+             "indistinguishable, 2 when they are fully separable. MMD: the distance between the "
+             "domains' kernel mean embeddings (0 for identical distributions).</p>"]
     if (run_dir / "domain_map.png").is_file():
         out.append("<h2>Domain maps</h2><p class=\"muted\">2-D PCA of source (blue) and target "
                    "(orange) features, before adaptation (source-only model) and after.</p>"
