@@ -109,7 +109,8 @@ def load_runs() -> list[dict]:
 
 def _cell(values: list[float], closed: float | None) -> str:
     text = f"{np.mean(values):.3f}"
-    text += f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else " (1 seed)"
+    text += f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+    text += f" ({len(values)} seed{'s' if len(values) > 1 else ''})" if len(values) < 3 else ""
     return text + (f", {100 * closed:+.0f}%" if closed is not None else "")
 
 
