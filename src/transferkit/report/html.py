@@ -9,8 +9,9 @@ The report shows whatever of these is present: data summary and skipped files, m
 backbone, metrics with 95% confidence intervals, the confusion matrix, learning curves of
 deep methods, the layer sweep, the feature map coloured by class, a gallery of the
 most confidently wrong validation images, and for domain adaptation the source-only /
-adapted / oracle accuracies with the domain maps before and after. Every picture is embedded as a ``data:`` URI
-and there is no script, so the file can be mailed or archived on its own.
+adapted / oracle accuracies with the domain maps before and after. Every picture is
+embedded as a ``data:`` URI and there is no script, so the file can be mailed or
+archived on its own.
 """
 
 from __future__ import annotations
@@ -280,7 +281,6 @@ def _skipped_files(skipped: list[dict]) -> str:
     return f'<p class="warn">{len(skipped)} unreadable file(s) were skipped:</p><ul>{items}{more}</ul>'
 
 
-
 def _model_section(config: dict, metrics: dict) -> str:
     backbone = config.get("backbone", {})
     backbone_name = backbone.get("name") if isinstance(backbone, dict) else backbone
@@ -374,6 +374,7 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
         out.append("<h2>Domain maps</h2><p class=\"muted\">2-D PCA of source (blue) and target "
                    "(orange) features, before adaptation (source-only model) and after.</p>"
                    + _embedded_png(run_dir / "domain_map.png", "domain maps"))
+
     def training_order(path: Path):  # source only, then the method, then the oracle
         name = path.relative_to(run_dir / "train").parts[0]
         return ({"source-only": 0, "oracle": 2}.get(name, 1), path.as_posix())
