@@ -150,8 +150,9 @@ def render(runs: list[dict], settings: dict) -> str:
              "paper's weight 1 and public code's 2 are the rows \"DANN, domain loss ×1/×2\"); "
              "batches of 64 source + 64 target images with one "
              "BatchNorm pass per domain and target statistics at prediction (AdaBN), fp32 on "
-             "the CPU. Fit times were taken on a shared 2-core machine (load 4–10), so they "
-             "are upper bounds.", "",
+             "the CPU. Fit times were taken on a shared 2-core machine (load 2–10), so they "
+             "are upper bounds. \"Without AdaBN\": the same trained networks scored with the "
+             "BatchNorm statistics from training (runs since that column was added).", "",
              "| pair | method | target accuracy | gap closed | without AdaBN | fit s (mean) |",
              "|---|---|---|---|---|---|"]
     known = [p for p in PAIRS if any(r["pair"] == p for r in same)]
