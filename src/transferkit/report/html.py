@@ -159,7 +159,7 @@ def _metrics_section(name: str, metrics: dict) -> str:
     return out
 
 
-def _learning_curves(history: list[dict]) -> str:
+def _learning_curves(history: list[dict], heading: str = "Learning curves", note: str = "") -> str:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -168,7 +168,8 @@ def _learning_curves(history: list[dict]) -> str:
     figure = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(figure)
     draw_learning_curves(figure, history)
-    return (f'<h2>Learning curves</h2><img class="figure" alt="learning curves" '
+    note = f'<p class="muted">{note}</p>' if note else ""
+    return (f'<h2>{_esc(heading)}</h2>{note}<img class="figure" alt="learning curves" '
             f'src="{_png_data_uri(figure)}">')
 
 
@@ -383,10 +384,10 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
         history = _read_metrics_csv(metrics)
         if history:
             name = metrics.parent.relative_to(run_dir / "train").as_posix()
-            out.append(_learning_curves(history).replace(
-                "<h2>Learning curves</h2>", f"<h2>Learning curves: {_esc(name)}</h2>"
-                "<p class=\"muted\">Validation = a held-out part of the network's labelled "
-                "training images: source images, except for the oracle (target images).</p>", 1))
+            out.append(_learning_curves(
+                history, f"Learning curves: {name}",
+                "Validation = a held-out part of the network's labelled training images: "
+                "source images, except for the oracle (target images)."))
     out.append(_skipped_files(summary.get("skipped", [])))
     return out
 
