@@ -174,19 +174,30 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 
 def test_adda_keeps_the_source_classifier_and_trains_an_untied_target_encoder():
+    from transferkit.methods.adda import split_encoder
+
     X, y = bars(120, 0)
     Xt, _ = bars(120, 1, colour_shift=True)
     adda = ADDA(epochs=2, pretrain_epochs=2, batch_size=32).fit(X, y, Xt)
     # Step 1 is exactly the source-only network (same seed, data and batches) ...
     source = DeepSourceOnly(epochs=2, batch_size=32).fit(X, y)
+    source_encoder, classifier = split_encoder(source.model_)
     for ours, theirs in zip(adda.model_.classifier.state_dict().values(),
-                            source.model_.classifier.state_dict().values()):
+                            classifier.state_dict().values()):
         assert torch.equal(ours, theirs)  # ... and step 2 left C frozen,
     moved = [not torch.equal(a, b) for a, b in zip(adda.model_.features.state_dict().values(),
-                                                   source.model_.features.state_dict().values())]
-    assert any(moved)  # while the target encoder M_t moved away from M_s.
+                                                   source_encoder.state_dict().values())]
+    assert any(moved)  # while the target encoder M_t moved away from M_s,
+    # which ends in the first hidden layer: the aligned code is 100-d.
+    assert adda.transform(Xt[:5]).shape == (5, 100) == adda.transform_source(X[:5]).shape
+    with torch.no_grad():
+        expected = source_encoder.eval()(images_to_tensor(X[:5])).numpy()
+    np.testing.assert_allclose(adda.transform_source(X[:5]), expected, atol=1e-5)
     assert [row["stage"] for row in adda.history_] == ["source"] * 2 + ["adapt"] * 2
     assert adda.predict(Xt[:5]).shape == (5,)
+    # Without target images there is nothing to adapt: M_s classifies, for both domains.
+    plain = ADDA(epochs=1, batch_size=32).fit(X, y)
+    np.testing.assert_allclose(plain.transform_source(X[:5]), plain.transform(X[:5]))
 
 
 def test_adda_step_gives_each_player_only_its_own_gradient():

@@ -196,7 +196,7 @@ def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
     # Domain distance in the space each classifier works in.
     if deep:
         before = (source_only.transform(Xs), source_only.transform(Xt))
-        after = (adapted.transform(Xs), adapted.transform(Xt))
+        after = (adapted.transform_source(Xs), adapted.transform(Xt))
     else:
         before = (Xs, Xt)
         after = (adapted.adapted_source_[:len(Xs)], adapted.transform_target(Xt))

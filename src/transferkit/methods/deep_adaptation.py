@@ -330,16 +330,17 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         return step
 
     # -- prediction --------------------------------------------------------------------
-    def _forward(self, X, features_only: bool = False) -> np.ndarray:
+    def _forward(self, X, features_only: bool = False, encoder=None) -> np.ndarray:
         import torch
 
         check_is_fitted(self, "model_")
         images = images_to_tensor(X)
+        encoder = encoder if encoder is not None else self.model_.features
         outputs = []
         with torch.inference_mode():
             for start in range(0, len(images), 512):
                 chunk = images[start:start + 512]
-                out = self.model_.features(chunk)
+                out = encoder(chunk)
                 if not features_only:
                     out = torch.softmax(self.model_.classifier(out), 1)
                 outputs.append(out)
@@ -354,4 +355,9 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """The learned features of images ``X`` (for A-distance / MMD before and after)."""
         return self._forward(X, features_only=True)
+
+    def transform_source(self, X) -> np.ndarray:
+        """Features of *source* images: the same encoder here; methods with a separate
+        source encoder (ADDA) override it."""
+        return self.transform(X)
 
