@@ -134,9 +134,19 @@ def _lectures_table(same: list[dict], pairs: list[str]) -> str:
     return "\n".join(head + rows + ["", "Per run (the same numbers, with fit times):", ""])
 
 
-def render(runs: list[dict], settings: dict) -> str:
+def section_name(settings: dict, defaults: dict) -> tuple[str, str]:
+    """RESULTS.md section and title suffix: the default settings own ``domain-deep``; runs
+    with other settings (e.g. longer training) get a section of their own beside it."""
+    changed = {k: v for k, v in settings.items() if defaults.get(k) != v}
+    if not changed:
+        return "domain-deep", ""
+    return ("domain-deep-" + "-".join(f"{k.replace('_', '-')}{v}" for k, v in changed.items()),
+            " — " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in changed.items()))
+
+
+def render(runs: list[dict], settings: dict, title: str = "") -> str:
     same = [r for r in runs if all(r.get(k) == v for k, v in settings.items())]
-    lines = ["## Deep domain adaptation on digits (Ganin & Lempitsky's MNIST network)", "",
+    lines = ["## Deep domain adaptation on digits (Ganin & Lempitsky's MNIST network)" + title, "",
              f"`benchmarks/bench_domain_deep.py --epochs {settings['epochs']} --n-source "
              f"{settings['n_source']} --n-target {settings['n_target']} --n-test "
              f"{settings['n_test']} --labels-per-class {settings['labels_per_class']} "
@@ -226,6 +236,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     settings = {"epochs": args.epochs, "n_source": args.n_source, "n_target": args.n_target,
                 "n_test": args.n_test, "labels_per_class": args.labels_per_class}
+    defaults = {k: parser.get_default(k) for k in settings}
+    section, title = section_name(settings, defaults)
     pairs = build_pairs(DATASETS, args.n_source, args.n_target, args.n_test)
     for pair in args.pairs:
         source, adapt, test = (resize_domain(d, 32, rgb=True) for d in pairs[pair])
@@ -260,7 +272,7 @@ def main(argv=None) -> int:
                                     encoding="utf-8")
                 print(f"[{pair}] seed {seed} {method}: {accuracy:.4f} ({run['seconds']:.0f} s)",
                       flush=True)
-                write_section("domain-deep", render(load_runs(), settings))
+                write_section(section, render(load_runs(), settings, title))
     return 0
 
 

@@ -111,7 +111,7 @@ class ADDA(DeepSourceOnly):
         # Step 2: the target encoder against the discriminator.
         torch.manual_seed(int(self.random_state) + 1)
         source_encoder, classifier = split_encoder(network)
-        code_size = source_encoder[-HIDDEN_LAYERS].out_features
+        code_size = source_encoder[-HIDDEN_LAYERS].out_features if HIDDEN_LAYERS else network.n_features
         module = _adversarial_module(source_encoder, copy.deepcopy(source_encoder), code_size,
                                      self.discriminator_width)
         adversarial_loader, _ = self._loaders(data.source, data.labels, data.target)
