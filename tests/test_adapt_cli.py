@@ -98,6 +98,16 @@ def test_adapt_writes_the_summary_with_every_number(domains, capsys):
     assert summary["source_only_accuracy"] == pytest.approx(alone.score(test, test_labels))
 
 
+def test_adapt_adda_measures_both_domains_in_its_aligned_code(domains, capsys):
+    summary = run_json(capsys, "adapt", "--source", str(domains / "source"),
+                       "--target", str(domains / "target"), "--target-test", str(domains / "test"),
+                       "--method", "adda", "--epochs", "1", "--out", str(domains / "run"))
+    assert 0.0 <= summary["adapted_accuracy"] <= 1.0
+    assert summary["mmd_before"] > 0 and summary["mmd_after"] >= 0
+    assert [p.name for p in sorted((domains / "run" / "train" / "adda").iterdir())
+            if p.is_dir()] == ["adapt", "source"]
+
+
 def test_adapt_semi_supervised_method_uses_the_labelled_target(domains, capsys):
     summary = run_json(capsys, "adapt", "--source", str(domains / "source"),
                        "--target", str(domains / "target"),

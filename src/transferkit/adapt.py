@@ -196,6 +196,10 @@ def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
     # Domain distance in the space each classifier works in.
     if deep:
         before = (source_only.transform(Xs), source_only.transform(Xt))
+        if getattr(adapted, "source_encoder_", None) is not None:
+            # ADDA aligns a code past the features; its source encoder *is* the source-only
+            # network up to that code, so "before" is that encoder on both domains.
+            before = (adapted.transform_source(Xs), adapted.transform_source(Xt))
         after = (adapted.transform_source(Xs), adapted.transform(Xt))
     else:
         before = (Xs, Xt)
