@@ -106,6 +106,8 @@ def test_adapt_adda_measures_both_domains_in_its_aligned_code(domains, capsys):
     assert summary["mmd_before"] > 0 and summary["mmd_after"] >= 0
     assert [p.name for p in sorted((domains / "run" / "train" / "adda").iterdir())
             if p.is_dir()] == ["adapt", "source"]
+    report = (domains / "run" / "report.html").read_text(encoding="utf-8")
+    assert "Learning curves: adda/adapt" in report and "discriminator" in report
 
 
 def test_adapt_semi_supervised_method_uses_the_labelled_target(domains, capsys):

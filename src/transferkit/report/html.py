@@ -384,10 +384,13 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
         history = _read_metrics_csv(metrics)
         if history:
             name = metrics.parent.relative_to(run_dir / "train").as_posix()
-            out.append(_learning_curves(
-                history, f"Learning curves: {name}",
-                "Validation = a held-out part of the network's labelled training images: "
-                "source images, except for the oracle (target images)."))
+            note = ("Validation = a held-out part of the network's labelled training images: "
+                    "source images, except for the oracle (target images).")
+            if name == "adda/adapt":  # ADDA's adversarial stage has no labels to score
+                note = ("ADDA's adversarial stage: accuracy is the domain discriminator's "
+                        "(0.5 = fooled by the target encoder, 1.0 = domains told apart); no "
+                        "validation.")
+            out.append(_learning_curves(history, f"Learning curves: {name}", note))
     out.append(_skipped_files(summary.get("skipped", [])))
     return out
 
