@@ -4,10 +4,10 @@
 paper's LeNet encoder ends in its 500-d fc layer). The alternative, M = the convolutional
 feature extractor alone (a 1200-d post-ReLU code), is run here by setting
 ``adda.HIDDEN_LAYERS = 0``. Same pair, pools, seed and settings as the ``domain-deep`` table
-(``bench_domain_deep.py``); reported: target accuracy and the discriminator's accuracy per
+(``bench_domain_deep``); reported: target accuracy and the discriminator's accuracy per
 adversarial epoch (0.5 = fooled, 1.0 = the domains are told apart perfectly).
 
-    .venv/bin/python benchmarks/ablate_adda_encoder.py --threads 1
+    .venv/bin/python -m benchmarks.ablate_adda_encoder --threads 1
 """
 
 from __future__ import annotations
@@ -15,17 +15,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_domain_shallow import DATASETS, build_pairs  # noqa: E402
-from _results import write_section  # noqa: E402
-
-from transferkit.data.digits import resize_domain  # noqa: E402
-from transferkit.methods import adda  # noqa: E402
-from transferkit.methods.deep_adaptation import DeepSourceOnly  # noqa: E402
+from benchmarks._common import (
+    SHARED_DATASETS,
+    add_output_arguments,
+    publish,
+    require_dataset,
+)
+from benchmarks.bench_domain_shallow import DIGIT_DATASETS, build_pairs
+from transferkit.data.digits import resize_domain
+from transferkit.methods import adda
+from transferkit.methods.deep_adaptation import DeepSourceOnly
 
 VARIANTS = {"conv features + first hidden layer (100-d, default)": adda.HIDDEN_LAYERS,
             "conv features only (1200-d)": 0}
@@ -36,15 +38,14 @@ def main(argv=None) -> int:
     parser.add_argument("--pair", default="MNIST → USPS")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not DATASETS.is_dir():
-        print(f"skipped: {DATASETS} is absent")
-        return 0
+    require_dataset(*DIGIT_DATASETS)
     if args.threads:
         torch.set_num_threads(args.threads)
     source, target, test = (resize_domain(d, 32, rgb=True)
-                            for d in build_pairs(DATASETS, 5000, 2000, 2000)[args.pair])
+                            for d in build_pairs(SHARED_DATASETS, 5000, 2000, 2000)[args.pair])
     baseline = DeepSourceOnly(epochs=args.epochs, random_state=args.seed).fit(source.images, source.labels)
     rows = []
     for name, hidden_layers in VARIANTS.items():
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
 
     marks = sorted({0, 1, 4, 9, args.epochs - 1} & set(range(args.epochs)))
     lines = [f"## ADDA ablation: the code the discriminator sees ({args.pair}, seed {args.seed})", "",
-             f"`benchmarks/ablate_adda_encoder.py --pair \"{args.pair}\" --seed {args.seed} --epochs "
-             f"{args.epochs}`: settings of the domain-deep table; source only "
+             f"`python -m benchmarks.ablate_adda_encoder --pair \"{args.pair}\" --seed {args.seed} "
+             f"--epochs {args.epochs}`: settings of the domain-deep table; source only "
              f"{baseline.score(test.images, test.labels):.3f}. Discriminator accuracy is its "
              "training accuracy over each adversarial epoch (0.5: fooled; 1.0: domains apart).", "",
              "| encoder M ends in | target accuracy | discriminator accuracy, epochs "
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     for name, accuracy, discriminator, seconds in rows:
         trace = ", ".join(f"{discriminator[m]:.2f}" for m in marks if m < len(discriminator))
         lines.append(f"| {name} | {accuracy:.3f} | {trace} | {seconds:.0f} |")
-    write_section("adda-encoder", "\n".join(lines))
+    publish("adda-encoder", "\n".join(lines), args)
     return 0
 
 

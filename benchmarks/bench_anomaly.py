@@ -12,28 +12,29 @@ shrinkage, one-class SVM, k-NN distance) runs on
 
 and reports ROC AUC, EER, and the detection / false-alarm rates at the detector's own
 threshold (95% quantile of out-of-fold normal training scores; no test label used),
-mean ± sd over ``--seeds`` seeds. Writes the ``anomaly`` section of
+mean ± sd over the ``--seeds``. Writes the ``anomaly`` section of
 ``benchmarks/RESULTS.md`` (read-modify-write of that section only, at the end).
 
-    .venv/bin/python benchmarks/bench_anomaly.py [--seeds 3] [--cache-dir /tmp/tk-anomaly]
+    .venv/bin/python -m benchmarks.bench_anomaly [--seeds 0 1 2] [--cache-dir /tmp/tk-anomaly]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from benchmarks._common import (
+    add_datasets_argument,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 
 SCORERS = ("mahalanobis", "ocsvm", "knn")
 
@@ -83,9 +84,10 @@ def run(args) -> str:
     from transferkit.methods.anomaly import AnomalyDetector
 
     start = time.perf_counter()
+    machine = announce_machine()
     root = Path(args.datasets) / "sign_language_digits" / "all"
     plans = [plan(root, args.normal_class, args.n_train, args.n_per_anomaly, seed)
-             for seed in range(args.seeds)]
+             for seed in args.seeds]
     paths = sorted({p for train, test, _, _ in plans for p in train + test})
     representations, feature_note = features_of(paths, args)
     extract_seconds = time.perf_counter() - start
@@ -94,7 +96,7 @@ def run(args) -> str:
         for scorer in SCORERS:
             measured = {"auc": [], "eer": [], "detection": [], "false_alarm": [], "seconds": []}
             per_digit: dict[str, list[float]] = {}
-            for seed, (train, test, truth, digits) in enumerate(plans):
+            for seed, (train, test, truth, digits) in zip(args.seeds, plans):
                 keep = [i for i, p in enumerate(test) if p in table]
                 x_train = np.stack([table[p] for p in train if p in table])
                 x_test = np.stack([table[test[i]] for i in keep])
@@ -122,7 +124,8 @@ def run(args) -> str:
         f"## Anomaly detection with transferred features (sign-language digits, '{args.normal_class}' "
         "normal)",
         "",
-        f"`benchmarks/bench_anomaly.py --seeds {args.seeds} --n-train {args.n_train} "
+        f"`python -m benchmarks.bench_anomaly --seeds {' '.join(map(str, args.seeds))} "
+        f"--n-train {args.n_train} "
         f"--n-per-anomaly {args.n_per_anomaly}`: per seed, {n_train} random images of digit "
         f"'{args.normal_class}' train the detector (normal images only); the test set is the other "
         f"{n_test_normal} '{args.normal_class}' images and {args.n_per_anomaly} random images of each "
@@ -131,8 +134,8 @@ def run(args) -> str:
         "gamma 'scale'; k-NN: mean distance to the 5 nearest normal images. Detection / false "
         "alarm: at the detector's own threshold, the 95% quantile of 5-fold out-of-fold scores of "
         "the normal training images (no test label used; the EER threshold is chosen on the test "
-        f"labels). Mean ± sd over {args.seeds} seeds. {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other jobs); {feature_note}; features + pixels "
+        f"labels). Mean ± sd over {len(args.seeds)} seeds. Machine: {machine} (shared with "
+        f"other jobs); {feature_note}; features + pixels "
         f"{extract_seconds:.0f} s, total "
         f"{time.perf_counter() - start:.0f} s.",
         "",
@@ -155,22 +158,16 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: transferkit's)")
     parser.add_argument("--normal-class", default="0")
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--n-per-anomaly", type=int, default=20)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    add_seeds_argument(parser)
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not (Path(args.datasets) / "sign_language_digits" / "all").is_dir():
-        print(f"{args.datasets}/sign_language_digits is absent: nothing to benchmark.",
-              file=sys.stderr)
-        return 0
-    text = run(args)
-    print(text)
-    if not args.no_write:
-        write_section("anomaly", text)
+    require_dataset("sign_language_digits/all", root=args.datasets)
+    publish("anomaly", run(args), args)
     return 0
 
 

@@ -17,13 +17,12 @@ Accuracy on the 1,000 held-out images, mean ± sd over seeds, and the paired dif
 AE-initialised − random-initialised. One thread (``torch.set_num_threads(1)``). Writes
 the ``autoencoder`` section of benchmarks/RESULTS.md after every seed.
 
-    .venv/bin/python benchmarks/bench_autoencoder.py --seeds 0 1 2
+    .venv/bin/python -m benchmarks.bench_autoencoder --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -33,18 +32,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
-
-from transferkit.data.digits import read_mnist_m, split_labelled  # noqa: E402
-from transferkit.methods.autoencoder import (  # noqa: E402
-    AutoencoderInitialisedClassifier,
-    ConvAutoencoder,
+from benchmarks._common import (
+    BENCHMARKS,
+    SHARED_DATASETS,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    load_average,
+    publish,
+    require_dataset,
 )
-from transferkit.methods.deep_adaptation import DeepSourceOnly  # noqa: E402
+from transferkit.data.digits import read_mnist_m, split_labelled
+from transferkit.methods.autoencoder import AutoencoderInitialisedClassifier, ConvAutoencoder
+from transferkit.methods.deep_adaptation import DeepSourceOnly
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 ROWS = ("random-initialised (from scratch)", "autoencoder-initialised, fine-tuned",
         "autoencoder encoder + logistic regression",
         "ImageNet features (EfficientNet-Lite0) + logistic regression")
@@ -66,7 +67,7 @@ def labelled_rows(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 def mnist_m_paths(domain) -> list[Path]:
     """MNIST-M's own files of a domain's rows (``test/<digit>/<index>.png``)."""
-    root = DATASETS / "mnist_m" / "test"
+    root = SHARED_DATASETS / "mnist_m" / "test"
     return [root / str(int(label)) / f"{int(index):08d}.png"
             for label, index in zip(domain.labels, domain.index)]
 
@@ -78,13 +79,12 @@ def imagenet_features(extractor, domain) -> np.ndarray:
     return result.features.astype(np.float64)
 
 
-def render(args, scores: dict, seconds: dict, recon: list, elapsed: float, n_pool: int,
-           n_test: int) -> str:
-    command = (f"`.venv/bin/python benchmarks/bench_autoencoder.py --seeds "
+def render(args, machine: str, scores: dict, seconds: dict, recon: list, elapsed: float,
+           n_pool: int, n_test: int) -> str:
+    command = (f"`.venv/bin/python -m benchmarks.bench_autoencoder --seeds "
                f"{' '.join(map(str, args.seeds))} --ae-epochs {args.ae_epochs} --ft-epochs "
                f"{args.ft_epochs} --per-class {args.per_class} --noise {args.noise}"
                f"{' --plain' if args.plain else ''}`")
-    load = os.getloadavg()[0]
     lines = [
         "## Autoencoder pretraining with few labels (MNIST-M, 10 labels per class)", "",
         f"{command}. MNIST-M index ≥ 5000, split once (stratified, seed 0) into an "
@@ -101,8 +101,8 @@ def render(args, scores: dict, seconds: dict, recon: list, elapsed: float, n_poo
         f"Logistic regression on standardised features. Accuracy on the {n_test} held-out "
         f"images, mean ± sd over seeds; fp32, one thread, CPU. {elapsed:.0f} s wall, "
         f"{time.process_time():.0f} s CPU in all "
-        f"(load average {load:.1f} at the last write: the 2-core machine was shared with "
-        "other jobs, so times are inflated).", "",
+        f"(load average {load_average():.1f} at the last write: the machine was shared with "
+        f"other jobs, so times are inflated). Machine: {machine}.", "",
         "| model (same 100 labels) | test accuracy | fit s (mean) |", "|---|---|---|"]
     for row in ROWS:
         values = scores.get(row, [])
@@ -130,7 +130,7 @@ def render(args, scores: dict, seconds: dict, recon: list, elapsed: float, n_poo
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(parser)
     parser.add_argument("--ae-epochs", type=int, default=15)
     parser.add_argument("--ft-epochs", type=int, default=100)
     parser.add_argument("--per-class", type=int, default=10)
@@ -140,18 +140,17 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--work-dir", default=str(Path(tempfile.gettempdir()) /
                                                   "transferkit-bench-autoencoder"))
-    parser.add_argument("--figure", default=str(REPO / "benchmarks" /
+    parser.add_argument("--figure", default=str(BENCHMARKS /
                                                 "autoencoder_reconstructions_mnist_m.png"))
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if not (DATASETS / "mnist_m").is_dir():
-        print(f"skipped: {DATASETS / 'mnist_m'} is absent")
-        return 0
+    require_dataset("mnist_m")
     from transferkit.features.extract import FrozenExtractor
 
     started = time.perf_counter()
-    target = read_mnist_m(DATASETS, min_index=5000)
+    machine = announce_machine()
+    target = read_mnist_m(SHARED_DATASETS, min_index=5000)
     pool, test = split_labelled(target, test_fraction=0.25, random_state=0)
     extractor = FrozenExtractor.from_name("efficientnet_lite0", runtime="eager", num_workers=0,
                                           cache_dir=Path(args.work_dir) / "cache")
@@ -205,12 +204,9 @@ def main(argv=None) -> int:
             linear = logistic_regression().fit(imagenet_features(extractor, pool.subset(rows)), y)
         record(ROWS[3], linear.score(imagenet_test, test.labels), t0)
 
-        text = render(args, scores, seconds, recon, time.perf_counter() - started,
-                      len(pool), len(test))
-        if args.no_write:
-            print(text)
-        else:
-            write_section("autoencoder", text)
+        publish("autoencoder", render(args, machine, scores, seconds, recon,
+                                      time.perf_counter() - started, len(pool), len(test)),
+                args, echo=args.no_write)
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)
     return 0
 

@@ -12,7 +12,7 @@ seed redraws the 70/30 split of both domains and the classifier's CV folds; the 
 gives mean ± sd over seeds of G_comp and the four held-out risks, in the section ``cdfg``
 of benchmarks/RESULTS.md. Needs ../shared/datasets and h5py.
 
-    .venv/bin/python benchmarks/bench_cdfg.py [--n 1000] [--seeds 3] [--cache-dir DIR]
+    .venv/bin/python -m benchmarks.bench_cdfg [--n 1000] [--seeds 0 1 2] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from benchmarks._common import (
+    add_datasets_argument,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
+from benchmarks.bench_domain_shallow import DIGIT_DATASETS, draw
 from transferkit.data.digits import (
     MNIST_SOURCE_END,
     read_mnist_m,
@@ -35,18 +44,8 @@ from transferkit.data.digits import (
 from transferkit.evaluate.cdfg import FEATURE_SPACES, cdfg
 from transferkit.features.extract import FrozenExtractor
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
-
 SPACE_NAMES = {"last": "last layer (pre-logits)", "fne": "FNE (all stages)",
                "stages": "all stages, standardised", "pca64": "last layer, PCA-64"}
-
-
-def _pick(domain, n, rng):
-    return domain.subset(np.sort(rng.choice(len(domain), min(n, len(domain)), replace=False)))
 
 
 def build_domains(root: Path, n: int) -> dict:
@@ -54,9 +53,9 @@ def build_domains(root: Path, n: int) -> dict:
     mnist = read_mnist_t10k(root)
     mnist_m = read_mnist_m(root, min_index=MNIST_SOURCE_END)
     return {
-        "MNIST": _pick(mnist.subset(np.flatnonzero(mnist.index < MNIST_SOURCE_END)), n, rng),
-        "USPS": _pick(read_usps(root, "train"), n, rng),
-        "MNIST-M": _pick(mnist_m, n, rng),
+        "MNIST": draw(mnist.subset(np.flatnonzero(mnist.index < MNIST_SOURCE_END)), n, rng),
+        "USPS": draw(read_usps(root, "train"), n, rng),
+        "MNIST-M": draw(mnist_m, n, rng),
     }
 
 
@@ -80,6 +79,7 @@ def _cell(values) -> str:
 
 def run(args) -> str:
     started = time.perf_counter()
+    machine = announce_machine()
     work = Path(args.work_dir)
     cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
     extractor = FrozenExtractor.from_name("efficientnet_lite0", layer="all", cache_dir=cache)
@@ -94,7 +94,7 @@ def run(args) -> str:
             spec = FEATURE_SPACES[space]
             measures = {k: [] for k in ("g_comp", "aa", "ab", "bb", "ba")}
             space_start = time.perf_counter()
-            for seed in range(args.seeds):
+            for seed in args.seeds:
                 r = cdfg(feats[a]["X"][space], feats[a]["y"], feats[b]["X"][space], feats[b]["y"],
                          classifier="logreg", embedding=spec.get("embedding"),
                          pca=spec.get("pca"), random_state=seed)
@@ -113,7 +113,8 @@ def run(args) -> str:
     lines = [
         "## Cross-domain feature-space generalisation (CDFG), digits",
         "",
-        f"`benchmarks/bench_cdfg.py --n {args.n} --seeds {args.seeds} --spaces {args.spaces}`: "
+        f"`python -m benchmarks.bench_cdfg --n {args.n} --seeds {' '.join(map(str, args.seeds))} "
+        f"--spaces {args.spaces}`: "
         "CDFG (dos Santos, Ribeiro & Ponti 2019) of EfficientNet-Lite0 (bundled ImageNet "
         "weights) feature spaces. G_part(f^A) = |R(f^A) on held-out A − R(f^A) on held-out B|, "
         "G_comp = ½(G_part(f^A) + G_part(f^B)); R = error of a logistic regression "
@@ -123,8 +124,8 @@ def run(args) -> str:
         "other-domain error better. "
         f"{args.n} images per domain, 32×32 RGB: MNIST t10k indices 0–4999, MNIST-M indices "
         "≥ 5000 (no handwritten digit in both), USPS train. "
-        f"Mean ± sd over {args.seeds} seeds (split and CV folds). Features "
-        f"{extract_seconds:.0f} s, total {total:.0f} s on a shared 2-core CPU.",
+        f"Mean ± sd over {len(args.seeds)} seeds (split and CV folds). Features "
+        f"{extract_seconds:.0f} s, total {total:.0f} s on a shared machine: {machine}.",
         "",
         "| pair (A ↔ B) | feature space | dim | G_comp | risk A→A | risk A→B | risk B→B | risk B→A |",
         "|---|---|---|---|---|---|---|---|",
@@ -137,28 +138,23 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--work-dir", default=str(Path.home() / ".cache" / "transferkit" /
                                                   "bench-cdfg"))
     parser.add_argument("--cache-dir", help="feature cache (default WORK_DIR/cache)")
     parser.add_argument("--n", type=int, default=1000, help="images per domain")
-    parser.add_argument("--seeds", type=int, default=3)
+    add_seeds_argument(parser)
     parser.add_argument("--spaces", default="last,fne,stages,pca64")
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads for the classifiers (1: no thrashing on a busy machine)")
-    parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not Path(args.datasets).is_dir():
-        print(f"{args.datasets} is absent: nothing to benchmark.", file=sys.stderr)
-        return 0
     unknown = [s for s in args.spaces.split(",") if s.strip() and s.strip() not in FEATURE_SPACES]
     if unknown:
         parser.error(f"unknown space(s) {unknown}; choose from {sorted(FEATURE_SPACES)}")
+    require_dataset(*DIGIT_DATASETS, root=args.datasets)
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
-        text = run(args)
-    print(text)
-    if not args.no_write:
-        write_section("cdfg", text)
+        publish("cdfg", run(args), args)
     return 0
 
 

@@ -13,14 +13,12 @@ labels. Inference speed: images/s of each network in eager PyTorch, batches of 3
 decoded images, one thread. Writes the ``distill`` section of benchmarks/RESULTS.md
 after every seed.
 
-    .venv/bin/python benchmarks/bench_distill.py --seeds 0 1 2
+    .venv/bin/python -m benchmarks.bench_distill --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _results import write_section  # noqa: E402
-
-DATA = HERE.parents[1] / "shared" / "datasets" / "oxford17flowers" / "all"
+from benchmarks._common import (
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 
 
 def split_folders(root: Path, seed: int, dest: Path, n_train: int = 40, n_test: int = 40,
@@ -67,9 +67,7 @@ def per_seed(rows: list[dict], key: str) -> str:
     return ", ".join(f"{row[key]:.3f}" for row in rows)
 
 
-def render(args, rows: list[dict], half_rows: list[dict], elapsed: float, load_start: float) -> str:
-    import torch
-
+def render(args, rows: list[dict], half_rows: list[dict], elapsed: float, machine: str) -> str:
     seeds = " ".join(str(r["seed"]) for r in rows)
     first = rows[0]
     speed = [r["speed"] for r in rows]
@@ -77,7 +75,7 @@ def render(args, rows: list[dict], half_rows: list[dict], elapsed: float, load_s
     student_ips = float(np.mean([s["student_images_per_s"] for s in speed]))
     ratio = f"{student_ips / teacher_ips:.0f}×"
     params_s = f"{first['speed']['student_parameters'] / 1e6:.2f} M"
-    command = (f"`.venv/bin/python benchmarks/bench_distill.py --seeds "
+    command = (f"`.venv/bin/python -m benchmarks.bench_distill --seeds "
                f"{' '.join(map(str, args.seeds))} --epochs {args.epochs} --image-size "
                f"{args.image_size} --temperature {args.temperature:g} --alpha {args.alpha:g} "
                f"--student {args.student}`" + (" --no-unlabelled" if args.no_unlabelled else ""))
@@ -101,9 +99,7 @@ def render(args, rows: list[dict], half_rows: list[dict], elapsed: float, load_s
         "reported seed; 20 epochs) T ∈ {2, 4, 8} × α ∈ {0.5, 0.9} gave 0.676–0.707 against "
         "0.718 alone; 40 epochs is the time budget (60 epochs on that split: alone 0.791, "
         "distilled 0.810). "
-        f"Machine: {platform.machine()}, {os.cpu_count()} logical cores shared with other "
-        f"jobs (load average {load_start:.1f} at start), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} thread; {elapsed:.0f} s in all.",
+        f"Machine (shared with other jobs): {machine}; {elapsed:.0f} s in all.",
         "",
         "### Same 40 labelled images per class for teacher and students",
         "",
@@ -192,7 +188,7 @@ def alone_equal_steps(data: Path, seed: int, args) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(parser)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=4.0)
@@ -203,12 +199,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-unlabelled", action="store_true",
                         help="skip the 20 labelled + 20 unlabelled per class table")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/transferkit-bench-cache"))
-    parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
 
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} is absent (the shared data sets are not on this machine).")
-        return 0
+    data = require_dataset("oxford17flowers/all")
     import torch
 
     torch.set_num_threads(1)
@@ -217,7 +211,7 @@ def main(argv=None) -> int:
     from transferkit.distill_job import distill
 
     args.teacher_input = create_backbone(args.teacher_backbone).data_config["input_size"][-1]
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    started, machine = time.perf_counter(), announce_machine()
     options = dict(student=args.student, temperature=args.temperature, alpha=args.alpha,
                    epochs=args.epochs, image_size=args.image_size, device="cpu",
                    cache_dir=str(args.cache_dir))
@@ -231,7 +225,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            full, half, unlabelled = split_folders(DATA, seed, Path(tmp) / f"seed{seed}")
+            full, half, unlabelled = split_folders(data, seed, Path(tmp) / f"seed{seed}")
             result = distill(teacher(full, Path(tmp) / f"teacher-full{seed}", seed), full,
                              random_state=seed, **options)
             result["seed"] = seed
@@ -255,9 +249,8 @@ def main(argv=None) -> int:
                       f"{result['student_alone_accuracy']:.3f}, distilled "
                       f"{result['student_distilled_accuracy']:.3f} "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            text = render(args, rows, half_rows, time.perf_counter() - started, load_start)
-            if not args.no_write:
-                write_section("distill", text)
+            text = render(args, rows, half_rows, time.perf_counter() - started, machine)
+            publish("distill", text, args, echo=False)
     print(text)
     return 0
 

@@ -1,6 +1,6 @@
 """Deep domain adaptation on digit domains: the lectures' (Ganin & Lempitsky's) table.
 
-Same pairs and pools as ``bench_domain_shallow.py`` (``build_pairs``: MNIST 0–4999 →
+Same pairs and pools as ``bench_domain_shallow`` (``build_pairs``: MNIST 0–4999 →
 MNIST-M ≥ 5000, MNIST → USPS, USPS → MNIST, printed → MNIST; the adaptation pool's labels
 only train the oracle, scoring is on a disjoint held-out target part), 32×32 RGB, and
 the network of Ganin & Lempitsky's MNIST experiments trained by the project's one loop.
@@ -13,8 +13,8 @@ benchmarks/domain_deep_runs.json and the ``domain-deep`` section of benchmarks/R
 is rebuilt from all runs, so a run cut short keeps what it measured and a rerun skips
 what is already there.
 
-    .venv/bin/python benchmarks/bench_domain_deep.py --pairs "MNIST → MNIST-M" --seeds 0 1 2
-    .venv/bin/python benchmarks/bench_domain_deep.py --pairs "MNIST → USPS" --seeds 0
+    .venv/bin/python -m benchmarks.bench_domain_deep --pairs "MNIST → MNIST-M" --seeds 0 1 2
+    .venv/bin/python -m benchmarks.bench_domain_deep --pairs "MNIST → USPS" --seeds 0
 """
 
 from __future__ import annotations
@@ -23,28 +23,32 @@ import argparse
 import fcntl
 import functools
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_domain_shallow import DATASETS, build_pairs  # noqa: E402
-from _results import write_section  # noqa: E402
-
-from transferkit.data.digits import resize_domain  # noqa: E402
-from transferkit.methods import deep_adaptation  # noqa: E402
-from transferkit.evaluate.domain import gap_closed  # noqa: E402
-from transferkit.methods.adda import ADDA  # noqa: E402
-from transferkit.methods.dann import DANN  # noqa: E402
-from transferkit.methods.deep_adaptation import DeepSourceOnly  # noqa: E402
-from transferkit.methods.deep_coral import DeepCORAL  # noqa: E402
-from transferkit.methods.domain_confusion import DomainConfusionSoftLabels  # noqa: E402
-from transferkit.methods.mmd import DAN  # noqa: E402
-from transferkit.methods.reconstruction import ReconstructionDA  # noqa: E402
+from benchmarks._common import (
+    BENCHMARKS,
+    SHARED_DATASETS,
+    add_output_arguments,
+    add_seeds_argument,
+    load_average,
+    publish,
+    require_dataset,
+)
+from benchmarks.bench_domain_shallow import DIGIT_DATASETS, build_pairs
+from transferkit.data.digits import resize_domain
+from transferkit.evaluate.domain import gap_closed
+from transferkit.methods import deep_adaptation
+from transferkit.methods.adda import ADDA
+from transferkit.methods.dann import DANN
+from transferkit.methods.deep_adaptation import DeepSourceOnly
+from transferkit.methods.deep_coral import DeepCORAL
+from transferkit.methods.domain_confusion import DomainConfusionSoftLabels
+from transferkit.methods.mmd import DAN
+from transferkit.methods.reconstruction import ReconstructionDA
 
 METHODS = {"source only": DeepSourceOnly, "DANN": DANN, "DAN (MK-MMD)": DAN,
            "Deep CORAL": DeepCORAL, "ADDA": ADDA, "DRCN": ReconstructionDA,
@@ -96,7 +100,7 @@ def few_labels(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 
 
 PAIRS = ["MNIST → MNIST-M", "MNIST → USPS", "USPS → MNIST", "printed → MNIST"]  # the lectures' order
-RUNS = Path(__file__).resolve().parent / "domain_deep_runs.json"
+RUNS = BENCHMARKS / "domain_deep_runs.json"
 ORDER = list(METHODS) + ["target oracle"]
 DEFAULT_METHODS = [m for m in ORDER if not m.startswith("DANN, domain loss")]
 
@@ -131,7 +135,8 @@ def _lectures_table(same: list[dict], pairs: list[str]) -> str:
             cells.append(_cell(values, closed) if values else "—")
         if any(c != "—" for c in cells):
             rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(head + rows + ["", "Per run (the same numbers, with fit times):", ""])
+    return "\n".join(head + rows + ["", "Per run (the same numbers, with each seed and fit "
+                                     "times):", ""])
 
 
 def section_name(settings: dict, defaults: dict) -> tuple[str, str]:
@@ -147,7 +152,7 @@ def section_name(settings: dict, defaults: dict) -> tuple[str, str]:
 def render(runs: list[dict], settings: dict, title: str = "") -> str:
     same = [r for r in runs if all(r.get(k) == v for k, v in settings.items())]
     lines = ["## Deep domain adaptation on digits (Ganin & Lempitsky's MNIST network)" + title, "",
-             f"`benchmarks/bench_domain_deep.py --epochs {settings['epochs']} --n-source "
+             f"`python -m benchmarks.bench_domain_deep --epochs {settings['epochs']} --n-source "
              f"{settings['n_source']} --n-target {settings['n_target']} --n-test "
              f"{settings['n_test']} --labels-per-class {settings['labels_per_class']} "
              "[--pairs …] [--methods …] [--seeds …]`; every run is kept in "
@@ -163,8 +168,9 @@ def render(runs: list[dict], settings: dict, title: str = "") -> str:
              "the CPU. Fit times were taken on a shared 2-core machine (load 2–10), so they "
              "are upper bounds. \"Without AdaBN\": the same trained networks scored with the "
              "BatchNorm statistics from training (runs since that column was added).", "",
-             "| pair | method | target accuracy | gap closed | without AdaBN | fit s (mean) |",
-             "|---|---|---|---|---|---|"]
+             "| pair | method | target accuracy | per seed | gap closed | without AdaBN | "
+             "fit s (mean) |",
+             "|---|---|---|---|---|---|---|"]
     known = [p for p in PAIRS if any(r["pair"] == p for r in same)]
     pairs = known + [p for p in dict.fromkeys(r["pair"] for r in same) if p not in known]
     for pair in pairs:
@@ -182,8 +188,10 @@ def render(runs: list[dict], settings: dict, title: str = "") -> str:
             # The same trained networks scored with BatchNorm statistics from training.
             plain = [r["accuracy_training_bn"] for r in rows if "accuracy_training_bn" in r]
             plain = f"{np.mean(plain):.3f} (n={len(plain)})" if plain else ""
+            per_seed = ", ".join(f"{r['seed']}: {r['accuracy']:.3f}"
+                                 for r in sorted(rows, key=lambda r: r["seed"]))
             lines.append(f"| {pair} | {method} | {np.mean(values):.3f} ± {sd:.3f} (n={len(values)}) "
-                         f"| {closed} | {plain} | {fit_s:.0f} |")
+                         f"| {per_seed} | {closed} | {plain} | {fit_s:.0f} |")
     lines[4:4] = [_lectures_table(same, pairs)]  # after the settings paragraph
     verdicts = []
     for pair in pairs:
@@ -220,7 +228,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", nargs="+", default=["MNIST → MNIST-M"])
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=ORDER)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(parser)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--n-source", type=int, default=5000)
     parser.add_argument("--n-target", type=int, default=2000)
@@ -228,17 +236,16 @@ def main(argv=None) -> int:
     parser.add_argument("--labels-per-class", type=int, default=10,
                         help="labelled target images per class for the semi-supervised method")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not DATASETS.is_dir():
-        print(f"skipped: {DATASETS} is absent")
-        return 0
+    require_dataset(*DIGIT_DATASETS)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = {"epochs": args.epochs, "n_source": args.n_source, "n_target": args.n_target,
                 "n_test": args.n_test, "labels_per_class": args.labels_per_class}
     defaults = {k: parser.get_default(k) for k in settings}
     section, title = section_name(settings, defaults)
-    pairs = build_pairs(DATASETS, args.n_source, args.n_target, args.n_test)
+    pairs = build_pairs(SHARED_DATASETS, args.n_source, args.n_target, args.n_test)
     for pair in args.pairs:
         source, adapt, test = (resize_domain(d, 32, rgb=True) for d in pairs[pair])
         for seed in args.seeds:
@@ -262,7 +269,7 @@ def main(argv=None) -> int:
                 accuracy = float(model.score(test.images, test.labels))
                 run = dict(settings, pair=pair, method=method, seed=seed, accuracy=accuracy,
                            seconds=seconds, threads=torch.get_num_threads(),
-                           load=os.getloadavg()[0])
+                           load=load_average())
                 training_bn = score_with_training_statistics(model, test.images, test.labels)
                 if training_bn is not None:
                     run["accuracy_training_bn"] = training_bn
@@ -272,7 +279,7 @@ def main(argv=None) -> int:
                                     encoding="utf-8")
                 print(f"[{pair}] seed {seed} {method}: {accuracy:.4f} ({run['seconds']:.0f} s)",
                       flush=True)
-                write_section(section, render(load_runs(), settings, title))
+                publish(section, render(load_runs(), settings, title), args, echo=False)
     return 0
 
 

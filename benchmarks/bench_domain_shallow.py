@@ -10,7 +10,7 @@ Reports target accuracy (mean ± sd over seeds) of SourceOnly, each shallow meth
 TargetOracle, and the share of the source-only → oracle gap closed, in the section
 ``domain-shallow`` of benchmarks/RESULTS.md. Needs ../shared/datasets and h5py.
 
-    .venv/bin/python benchmarks/bench_domain_shallow.py [--n-source 2000 ...]
+    .venv/bin/python -m benchmarks.bench_domain_shallow [--n-source 2000 ...]
 """
 
 from __future__ import annotations
@@ -23,6 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks._common import (
+    add_datasets_argument,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 from transferkit.data.digits import (
     MNIST_SOURCE_END,
     mnist_to_mnist_m,
@@ -40,10 +48,7 @@ from transferkit.methods.reweight import ImportanceReweighting
 from transferkit.methods.subspace import SubspaceAlignment
 from transferkit.methods.tca import TCA
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+DIGIT_DATASETS = ("mnist_t10k", "mnist_m", "usps")  # the folders build_pairs reads
 
 METHODS = {
     "source only": lambda s: SourceOnly(random_state=s),
@@ -55,24 +60,25 @@ METHODS = {
 }
 
 
-def _pick(domain, n, rng):
+def draw(domain, n, rng):
+    """``n`` rows of ``domain`` (all of them if it has fewer), drawn by ``rng``, in order."""
     return domain.subset(np.sort(rng.choice(len(domain), min(n, len(domain)), replace=False)))
 
 
 def build_pairs(root: Path, n_source: int, n_target: int, n_test: int):
     rng = np.random.default_rng(0)
     mnist = read_mnist_t10k(root)
-    mnist_src = _pick(mnist.subset(np.flatnonzero(mnist.index < MNIST_SOURCE_END)), n_source, rng)
+    mnist_src = draw(mnist.subset(np.flatnonzero(mnist.index < MNIST_SOURCE_END)), n_source, rng)
     mnist_adapt = mnist_src  # a target-side pool from 0–4999 ...
-    mnist_test = _pick(mnist.subset(np.flatnonzero(mnist.index >= MNIST_SOURCE_END)), n_test, rng)
+    mnist_test = draw(mnist.subset(np.flatnonzero(mnist.index >= MNIST_SOURCE_END)), n_test, rng)
     split = mnist_to_mnist_m(root, test_fraction=0.5, random_state=0)
     usps_train, usps_test = read_usps(root, "train"), read_usps(root, "test")
-    usps_pool = _pick(usps_train, max(n_source, n_target), rng)
+    usps_pool = draw(usps_train, max(n_source, n_target), rng)
     printed = render_printed_digits(n_source, random_state=0, size=32)
     return {
-        "MNIST → MNIST-M": (mnist_src, _pick(split.target_adapt, n_target, rng),
-                            _pick(split.target_test, n_test, rng)),
-        "MNIST → USPS": (mnist_src, usps_pool, _pick(usps_test, n_test, rng)),
+        "MNIST → MNIST-M": (mnist_src, draw(split.target_adapt, n_target, rng),
+                            draw(split.target_test, n_test, rng)),
+        "MNIST → USPS": (mnist_src, usps_pool, draw(usps_test, n_test, rng)),
         "USPS → MNIST": (usps_pool, mnist_adapt, mnist_test),  # ... scored on 5000–9999
         "printed → MNIST": (printed, mnist_adapt, mnist_test),
     }
@@ -92,13 +98,14 @@ def run(args) -> str:
     pairs = build_pairs(Path(args.datasets), args.n_source, args.n_target, args.n_test)
     rows = []
     started = time.perf_counter()
+    machine = announce_machine()
     for pair, (source, adapt, test) in pairs.items():
         Xs, Xa, Xte = (features(d, work / pair.replace(" → ", "_to_").replace(" ", ""), extractor)
                        for d in (source, adapt, test))
         ys, ya, yte = source.labels, adapt.labels, test.labels
         pad = proxy_a_distance(Xs, Xa, random_state=0)
         scores = {name: [] for name in [*METHODS, "target oracle"]}
-        for seed in range(args.seeds):
+        for seed in args.seeds:
             rng = np.random.default_rng(seed)
             s = rng.choice(len(Xs), int(0.8 * len(Xs)), replace=False)
             a = rng.choice(len(Xa), int(0.8 * len(Xa)), replace=False)
@@ -119,8 +126,9 @@ def run(args) -> str:
     lines = [
         "## Shallow domain adaptation on Lite0 features (digits)",
         "",
-        f"`benchmarks/bench_domain_shallow.py --n-source {args.n_source} --n-target "
-        f"{args.n_target} --n-test {args.n_test} --seeds {args.seeds}`: EfficientNet-Lite0 "
+        f"`python -m benchmarks.bench_domain_shallow --n-source {args.n_source} --n-target "
+        f"{args.n_target} --n-test {args.n_test} --seeds {' '.join(map(str, args.seeds))}`: "
+        "EfficientNet-Lite0 "
         "pre-logits features (1280-d) of 32×32 RGB digits; logistic regression "
         "(standardised, max_iter 2000) in every method. Each seed trains on a random 80% of "
         "the source and adaptation pools; accuracy on the held-out labelled target part "
@@ -128,7 +136,7 @@ def run(args) -> str:
         "from 5000–9999; MNIST-M from index ≥ 5000 (adapt/test disjoint); USPS adapt from "
         "train, test from test. Gap closed = (method − source only)/(oracle − source only). "
         "PAD: proxy A-distance between source and target features before adaptation. "
-        f"Total {time.perf_counter() - started:.0f} s on a shared 2-core CPU.",
+        f"Total {time.perf_counter() - started:.0f} s on a shared machine: {machine}.",
         "",
         "| pair | method | target accuracy | gap closed | PAD |",
         "|---|---|---|---|---|",
@@ -140,20 +148,17 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--work-dir", default=str(Path.home() / ".cache" / "transferkit" /
                                                   "bench-domain-shallow"))
     parser.add_argument("--n-source", type=int, default=2000)
     parser.add_argument("--n-target", type=int, default=2000)
     parser.add_argument("--n-test", type=int, default=1000)
-    parser.add_argument("--seeds", type=int, default=3)
+    add_seeds_argument(parser)
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not Path(args.datasets).is_dir():
-        print(f"{args.datasets} is absent: nothing to benchmark.", file=sys.stderr)
-        return 0
-    text = run(args)
-    print(text)
-    write_section("domain-shallow", text)
+    require_dataset(*DIGIT_DATASETS, root=args.datasets)
+    publish("domain-shallow", run(args), args)
     return 0
 
 

@@ -17,13 +17,12 @@ Features of every layer come from one forward pass per image (``layer="all"``) a
 cached on disk, so a second run costs training only. Writes the ``fewshot`` section of
 ``benchmarks/RESULTS.md``.
 
-    .venv/bin/python benchmarks/bench_fewshot.py [--seeds 0 1 2] [--cache-dir DIR] [--threads 1]
+    .venv/bin/python -m benchmarks.bench_fewshot [--seeds 0 1 2] [--cache-dir DIR] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import shlex
 import sys
 import time
@@ -31,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OMNIGLOT = REPO.parent / "shared" / "datasets" / "omniglot_small"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
+from benchmarks._common import (
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 
 MULTI = "blocks.2,blocks.3,blocks.4,blocks.5"
 BASELINE_LAYERS = ("pre_logits", "blocks.5", MULTI)
@@ -72,24 +74,23 @@ def one_shot_accuracy(embed, runs, index) -> np.ndarray:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(parser)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--cache-dir", help="feature cache (default: the user cache)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--no-write", action="store_true")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
+    omniglot = require_dataset("omniglot_small")
     import torch
 
     torch.set_num_threads(args.threads)
     from transferkit.features.extract import FrozenExtractor
     from transferkit.methods.siamese import SiameseSimilarity
 
-    if not OMNIGLOT.is_dir():
-        print(f"{OMNIGLOT} is absent", file=sys.stderr)
-        return 1
     started = time.perf_counter()
-    runs = read_runs(OMNIGLOT)
-    background = sorted(OMNIGLOT.glob("images_background_small*/*/*/*.png"))
+    machine = announce_machine()
+    runs = read_runs(omniglot)
+    background = sorted(omniglot.glob("images_background_small*/*/*/*.png"))
     labels = np.array([f"{p.parents[2].name}/{p.parent.parent.name}/{p.parent.name}"
                        for p in background])
     paths = background + [p for support, queries, _ in runs for p in support + queries]
@@ -136,12 +137,12 @@ def main(argv=None) -> int:
                      np.mean(seconds), model.threshold_))
     wall = time.perf_counter() - started
 
-    command = "python benchmarks/bench_fewshot.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.bench_fewshot " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]))
     lines = [
         "## One-shot learning: Omniglot, 20 official 20-way 1-shot runs",
         "",
-        f"`{command.strip()}` — {platform.processor() or platform.machine()}, "
-        f"{args.threads} torch thread(s), wall {wall / 60:.1f} min in all "
+        f"`{command.strip()}` — {machine}; wall {wall / 60:.1f} min in all "
         f"(features of {len(paths)} images {extract_seconds:.0f} s: {result.n_computed} "
         f"computed, {result.n_cached} from the cache).",
         "",
@@ -180,10 +181,7 @@ def main(argv=None) -> int:
         "well below Koch et al.'s 92% (a convnet trained end to end on 964 characters with "
         "distortions).",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section("fewshot", text)
+    publish("fewshot", "\n".join(lines), args)
     return 0
 
 

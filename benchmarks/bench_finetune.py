@@ -2,41 +2,27 @@
 
 Protocol (hymenoptera, ants vs bees): fit on ``train`` (early stopping on a seeded 20%
 stratified split of ``train``, never on the test images), report accuracy on ``val``.
-Writes a markdown table to ``benchmarks/RESULTS_finetune.md``.
+Writes the ``finetune`` section of ``benchmarks/RESULTS_finetune.md``.
 
-    PYTHONPATH=src python benchmarks/bench_finetune.py --strategies gradual full --epochs 8
+    .venv/bin/python -m benchmarks.bench_finetune --strategies gradual full --epochs 8
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-DATASETS = HERE.parent.parent / "shared" / "datasets"
+from benchmarks._common import (
+    BENCHMARKS,
+    add_output_arguments,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 
-
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = open("/proc/cpuinfo").read()
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "avx2") if f" {f}" in flags]
-    except OSError:
-        isa = []
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} logical cores ({', '.join(isa) or 'ISA unknown'}), "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads, "
-            f"Python {platform.python_version()}, load average {load:.1f} at start")
+RESULTS_FINETUNE = BENCHMARKS / "RESULTS_finetune.md"
 
 
 def precision_check(image_size: int, steps: int = 3, batch: int = 16) -> dict:
@@ -85,9 +71,10 @@ def bf16_inference_agreement(model, paths, labels) -> dict:
             "max_prob_diff": float(np.abs(fp32 - bf16).max())}
 
 
-def write_results(args, described, splits, train, test, rows, speed, agreement) -> None:
-    lines = ["# Fine-tuning benchmark", "",
-             f"Machine: {described}.", "",
+def render(args, described, splits, train, test, rows, speed, agreement) -> str:
+    lines = ["## Fine-tuning strategies on hymenoptera (ants vs bees)", "",
+             f"`python -m benchmarks.bench_finetune --strategies {' '.join(args.strategies)} "
+             f"--epochs {args.epochs} --seed {args.seed}`. Machine: {described}.", "",
              f"Protocol: hymenoptera (ants/bees), {len(train[0])} training images "
              f"({splits.train.counts()}), early stopping on a seeded 20% stratified split of "
              f"train, accuracy on the {len(test[0])} `val` images. EfficientNet-Lite0 (bundled "
@@ -100,7 +87,7 @@ def write_results(args, described, splits, train, test, rows, speed, agreement) 
         lines.append(f"| {r['strategy']} | {r['accuracy']:.4f} | {r['fit_s']:.0f} | {r['total_s']:.0f} | "
                      f"{r['epochs']} | {r['best']} | {r['stages']} | {r['best_val_loss']:.4f} |")
     if speed:
-        lines += ["", "## bf16 autocast vs fp32 on this CPU", "",
+        lines += ["", "### bf16 autocast vs fp32 on this CPU", "",
                   "| precision | seconds per training step (batch 16) |", "|---|---|",
                   f"| fp32 | {speed['fp32']:.2f} |", f"| bf16 autocast | {speed['bf16']:.2f} |"]
     if agreement:
@@ -108,8 +95,7 @@ def write_results(args, described, splits, train, test, rows, speed, agreement) 
                       f"bf16-autocast accuracy {agreement['bf16_acc']:.4f}, largest probability "
                       f"difference {agreement['max_prob_diff']:.4f}."]
     lines += ["", "Note: the machine is shared; other jobs' load inflates wall times (see load average)."]
-    args.results.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {args.results}", flush=True)
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -121,20 +107,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--skip-precision", action="store_true")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS_finetune.md")
     parser.add_argument("--run-dir", type=Path, default=None)
+    add_output_arguments(parser, RESULTS_FINETUNE)
     args = parser.parse_args(argv)
 
-    data = DATASETS / "hymenoptera"
-    if not data.is_dir():
-        print(f"skipped: {data} is absent (the shared data sets are not on this machine).")
-        return 0
+    data = require_dataset("hymenoptera")
 
     from transferkit.data.dataset import load_dataset
     from transferkit.methods.finetune import FineTuner
 
-    described = machine()
-    print(described, flush=True)
+    described = announce_machine()
     splits = load_dataset(data)
     train = [str(p) for p in splits.train.paths], [splits.classes[i] for i in splits.train.labels]
     test = [str(p) for p in splits.val.paths], [splits.classes[i] for i in splits.val.labels]
@@ -158,10 +140,10 @@ def main(argv=None) -> int:
         if agreement is None and not args.skip_precision:
             agreement = bf16_inference_agreement(model, *test)
             print(f"[bf16 inference] {agreement}", flush=True)
-        write_results(args, described, splits, train, test, rows, None, agreement)
+        publish("finetune", render(args, described, splits, train, test, rows, None, agreement),
+                args, echo=False)
     speed = None if args.skip_precision else precision_check(args.image_size)
-
-    write_results(args, described, splits, train, test, rows, speed, agreement)
+    publish("finetune", render(args, described, splits, train, test, rows, speed, agreement), args)
     return 0
 
 

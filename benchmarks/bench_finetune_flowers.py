@@ -1,7 +1,6 @@
 """Freeze or fine-tune? Linear probe vs fine-tuning strategies on oxford17flowers.
 
-Two tables for ``benchmarks/RESULTS_finetune.md`` (section between the ``flowers``
-markers), from the real images in ``../shared/datasets/oxford17flowers``:
+Two tables for the ``flowers`` section of ``benchmarks/RESULTS_finetune.md``, from the real images in ``../shared/datasets/oxford17flowers``:
 
 1. 40 training / 40 test images per class (seeded stratified split, one split per seed):
    the linear probe (Lite0 pre-logits + logistic regression, C by CV) against
@@ -15,7 +14,7 @@ markers), from the real images in ``../shared/datasets/oxford17flowers``:
 Also the seconds per training step of Lite0 under fp32 and bf16 autocast on this CPU
 (the reason ``FineTuner`` defaults to fp32 on CPUs when bf16 is not faster).
 
-    .venv/bin/python benchmarks/bench_finetune_flowers.py --seeds 0 1 2 --epochs 6
+    .venv/bin/python -m benchmarks.bench_finetune_flowers --seeds 0 1 2 --epochs 6
 """
 
 from __future__ import annotations
@@ -27,14 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_finetune import DATASETS, machine, precision_check  # noqa: E402
+from benchmarks._common import (
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
+from benchmarks.bench_finetune import RESULTS_FINETUNE, precision_check
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_section  # noqa: E402
-
-START, END = "<!-- flowers:start -->", "<!-- flowers:end -->"
 METHODS = ("linear probe", "head", "last-k", "full")
 
 
@@ -77,8 +77,8 @@ def mean_std(values) -> str:
 
 
 def render(args, described, main_rows, size_rows, speed, seconds) -> str:
-    lines = [START, "## Freeze or fine-tune? oxford17flowers (17 classes)", "",
-             f"`benchmarks/bench_finetune_flowers.py --seeds {' '.join(map(str, args.seeds))} "
+    lines = ["## Freeze or fine-tune? oxford17flowers (17 classes)", "",
+             f"`python -m benchmarks.bench_finetune_flowers --seeds {' '.join(map(str, args.seeds))} "
              f"--epochs {args.epochs}`. Machine: {described}. {seconds:.0f} s in all.", "",
              f"EfficientNet-Lite0 (bundled ImageNet weights), {args.image_size} px, batch "
              f"{args.batch_size}, AdamW lr 1e-3 for the head, each earlier layer group 3× slower, "
@@ -118,13 +118,12 @@ def render(args, described, main_rows, size_rows, speed, seconds) -> str:
                   "| precision | seconds per step |", "|---|---|",
                   f"| fp32 | {speed['fp32']:.2f} |", f"| bf16 autocast | {speed['bf16']:.2f} |",
                   "", "fp32 stays the default on CPUs unless bf16 is faster here."]
-    lines.append(END)
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_seeds_argument(parser)
     parser.add_argument("--sizes", type=int, nargs="*", default=[5, 10, 20])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=6)
@@ -133,27 +132,23 @@ def main(argv=None) -> int:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/transferkit-bench-cache"))
     parser.add_argument("--skip-precision", action="store_true")
-    parser.add_argument("--results", type=Path, default=HERE / "RESULTS_finetune.md")
+    add_output_arguments(parser, RESULTS_FINETUNE)
     args = parser.parse_args(argv)
 
-    root = DATASETS / "oxford17flowers" / "all"
-    if not root.is_dir():
-        print(f"skipped: {root} is absent (the shared data sets are not on this machine).")
-        return 0
+    root = require_dataset("oxford17flowers/all")
     from transferkit.data.dataset import read_image_folder
 
     started = time.perf_counter()
-    described = machine()
-    print(described, flush=True)
+    described = announce_machine()
     images = read_image_folder(root)
     paths = [str(p) for p in images.paths]
     labels = np.asarray([images.classes[i] for i in images.labels])
     speed = None if args.skip_precision else precision_check(args.image_size)
     main_rows, size_rows = [], []
 
-    def save():
-        write_section("flowers", render(args, described, main_rows, size_rows, speed,
-                                           time.perf_counter() - started))
+    def save(echo: bool = False):
+        publish("flowers", render(args, described, main_rows, size_rows, speed,
+                                  time.perf_counter() - started), args, echo=echo)
 
     # Seed 0 first, then the training-size table on its split, then the other seeds: a
     # run cut short still leaves both tables with what it measured.
@@ -175,8 +170,7 @@ def main(argv=None) -> int:
             save()
     for seed in args.seeds[1:]:
         run_seed(seed)
-    save()
-    print(f"wrote {args.results}", flush=True)
+    save(echo=True)
     return 0
 
 

@@ -20,23 +20,28 @@ Part B (cheap coarse labels): 10 digit labels per class plus the ≥5 label on 4
 images per class (missing digit label = -1). Control: the single-task digit model on
 the same 500 rows, the extra rows unlabelled (same feature scaling and step count).
 
-    .venv/bin/python benchmarks/bench_multitask.py [--seeds 3] [--n-train 10,20]
+    .venv/bin/python -m benchmarks.bench_multitask [--seeds 0 1 2] [--n-train 10,20]
         [--cache-dir /tmp/tk-multitask-cache]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DATASETS = REPO.parent / "shared" / "datasets"
+from benchmarks._common import (
+    add_datasets_argument,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
+
 POOL_END = 50  # per digit: images [0, POOL_END) may train, the rest test
 
 
@@ -59,6 +64,7 @@ def run(args) -> str:
     from transferkit.methods.multitask import MultiTaskClassifier
 
     started = time.perf_counter()
+    machine = announce_machine()
     root = Path(args.datasets) / "sign_language_digits" / "all"
     paths = sorted(p for p in root.glob("*/*") if p.is_file())
     extracted = FrozenExtractor.from_name("efficientnet_lite0", cache_dir=args.cache_dir).extract(
@@ -71,7 +77,7 @@ def run(args) -> str:
                     + (f", {len(extracted.skipped)} unreadable skipped" if extracted.skipped else ""))
     print(extract_note, file=sys.stderr)
     sizes = [int(n) for n in args.n_train.split(",")]
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     options = {"device": "cpu"}
     if args.epochs:
         options["epochs"] = args.epochs
@@ -135,8 +141,8 @@ def run(args) -> str:
                 print(f"seed {seed} n {n} {name}: {scores} ({seconds:.1f} s)", file=sys.stderr)
 
     total = time.perf_counter() - started
-    command = ("`.venv/bin/python benchmarks/bench_multitask.py --seeds "
-               f"{args.seeds} --n-train {args.n_train}"
+    command = ("`.venv/bin/python -m benchmarks.bench_multitask --seeds "
+               f"{' '.join(map(str, seeds))} --n-train {args.n_train}"
                + (f" --epochs {args.epochs}" if args.epochs else "")
                + (f" --cache-dir {args.cache_dir}" if args.cache_dir else "") + "`")
     lines = [
@@ -150,8 +156,8 @@ def run(args) -> str:
         "seed, each digit's images are shuffled: the first *n* per digit are labelled for "
         f"training, images {POOL_END}.. per digit are the test set (~{int(np.mean(test_sizes))} "
         f"images, the same for every row of a seed). Accuracy on the test set, mean ± sd over "
-        f"seeds {seeds}. {platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
-        f"torch 1 thread; {extract_note}; total {total:.0f} s.",
+        f"seeds {seeds}. Machine (shared with other jobs): {machine}; {extract_note}; total "
+        f"{total:.0f} s.",
         "",
     ]
     for n in sizes:
@@ -200,27 +206,18 @@ def run(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=str(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: transferkit's)")
     parser.add_argument("--n-train", default="10,20", help="labelled images per digit, "
                         "comma-separated sizes (each ≤ 50)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the estimator's (60)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    add_seeds_argument(parser)
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not (Path(args.datasets) / "sign_language_digits" / "all").is_dir():
-        print(f"{args.datasets}/sign_language_digits is absent: nothing to benchmark.",
-              file=sys.stderr)
-        return 0
     if any(int(n) > POOL_END or int(n) < 1 for n in args.n_train.split(",")):
         parser.error(f"--n-train sizes must lie in 1..{POOL_END}")
-    text = run(args)
-    print(text)
-    if not args.no_write:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from _results import write_section
-
-        write_section("multitask", text)
+    require_dataset("sign_language_digits/all", root=args.datasets)
+    publish("multitask", run(args), args)
     return 0
 
 

@@ -24,29 +24,31 @@ mean ± sd over seeds; plus a diagnostic, the Spearman correlation between the c
 class cosine similarities of each semantic space and of the class-mean image features.
 Writes the ``zeroshot`` section of ``benchmarks/RESULTS.md``.
 
-    .venv/bin/python benchmarks/bench_zeroshot.py [--seeds 3] [--cache-dir DIR]
+    .venv/bin/python -m benchmarks.bench_zeroshot [--seeds 0 1 2] [--cache-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
-HERE = Path(__file__).resolve().parent
-ATTRIBUTES = HERE / "oxford17flowers_attributes.csv"
-DESCRIPTIONS = HERE / "oxford17flowers_descriptions.csv"
-FLOWER_PROMPT = "a photo of a {name}, a type of flower"
+from benchmarks._common import (
+    BENCHMARKS,
+    add_datasets_argument,
+    add_output_arguments,
+    add_seeds_argument,
+    announce_machine,
+    publish,
+    require_dataset,
+)
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _results import write_section  # noqa: E402
+ATTRIBUTES = BENCHMARKS / "oxford17flowers_attributes.csv"
+DESCRIPTIONS = BENCHMARKS / "oxford17flowers_descriptions.csv"
+FLOWER_PROMPT = "a photo of a {name}, a type of flower"
 
 
 def representational_similarity(features, labels, classes, vectors) -> float:
@@ -64,7 +66,7 @@ def representational_similarity(features, labels, classes, vectors) -> float:
     return float(spearmanr(cosines(means), cosines(vectors)).correlation)
 
 
-def spaces(classes, seed_count: int, draws: int) -> list[tuple[str, str, list[list[np.ndarray]]]]:
+def spaces(classes, seeds: list[int], draws: int) -> list[tuple[str, str, list[list[np.ndarray]]]]:
     """(short name, description, per seed a list of matrices) of every semantic space; the
     baselines have ``draws`` random matrices per seed, the others one."""
     from transferkit.methods.zeroshot import (
@@ -85,9 +87,9 @@ def spaces(classes, seed_count: int, draws: int) -> list[tuple[str, str, list[li
         ("attributes", f"attributes ({ATTRIBUTES.name}, {attributes.shape[1]} columns)",
          attributes),
     ]
-    out = [(short, name, [[matrix]] * seed_count) for short, name, matrix in named]
+    out = [(short, name, [[matrix]] * len(seeds)) for short, name, matrix in named]
     shuffled, random = [], []
-    for seed in range(seed_count):
+    for seed in seeds:
         rng = np.random.default_rng(1000 + seed)
         shuffled.append([])
         random.append([])
@@ -116,6 +118,7 @@ def run(args) -> str:
     from transferkit.zeroshot_job import evaluate_zeroshot
 
     start = time.perf_counter()
+    machine = announce_machine()
     images = read_image_folder(Path(args.datasets) / "oxford17flowers" / "all")
     classes = images.classes
     extractor = FrozenExtractor.from_name("efficientnet_lite0", cache_dir=args.cache_dir)
@@ -130,12 +133,12 @@ def run(args) -> str:
     semantic = spaces(classes, args.seeds, args.baseline_draws)
     embed_seconds = time.perf_counter() - tick
     unseen_sets = [list(np.asarray(classes)[np.sort(np.random.default_rng(seed).choice(
-        len(classes), args.n_unseen, replace=False))]) for seed in range(args.seeds)]
+        len(classes), args.n_unseen, replace=False))]) for seed in args.seeds]
     rows = []
     for short, name, per_seed in semantic:
         runs = []  # per seed: the mean over that seed's matrices (one, or the draws)
         tick = time.perf_counter()
-        for seed, (matrices, unseen) in enumerate(zip(per_seed, unseen_sets)):
+        for seed, matrices, unseen in zip(args.seeds, per_seed, unseen_sets):
             results = [evaluate_zeroshot(features, labels, classes, matrix, unseen,
                                          test_fraction=args.test_fraction, random_state=seed)
                        for matrix in matrices]
@@ -157,7 +160,7 @@ def run(args) -> str:
 
     n_train, n_seen_test = rows[0][2][0]["n_train"], rows[0][2][0]["n_seen_test"]
     chance = 1 / args.n_unseen
-    command = " ".join(["OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_zeroshot.py",
+    command = " ".join(["OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.bench_zeroshot",
                         *sys.argv[1:]]).strip()
     lines = [
         "## Zero-shot learning: oxford17flowers, 5 of 17 classes unseen",
@@ -173,9 +176,9 @@ def run(args) -> str:
         f"(chance {chance:.3f}). Generalised (GZSL): seen test + unseen images, all "
         f"{len(classes)} classes as candidates (chance {1 / len(classes):.3f} for seen, unseen "
         "and H); H = 2·seen·unseen/(seen + unseen), with the calibration offset and without. "
-        f"Mean ± sd over {args.seeds} seeds, the same unseen sets for every row (baselines: "
+        f"Mean ± sd over {len(args.seeds)} seeds, the same unseen sets for every row (baselines: "
         f"per seed, the mean of {args.baseline_draws} random draws). Unseen sets: "
-        + "; ".join(f"seed {s}: " + ", ".join(u) for s, u in enumerate(unseen_sets)) + ".",
+        + "; ".join(f"seed {s}: " + ", ".join(u) for s, u in zip(args.seeds, unseen_sets)) + ".",
         "",
         "| semantic space | zero-shot unseen acc | chance | GZSL seen | GZSL unseen | GZSL H "
         "| H uncalibrated | ρ(semantic, visual) | fit+score s |",
@@ -221,8 +224,8 @@ def run(args) -> str:
         "then it guesses among the unseen ones. Compare GZSL rows with the baselines, not "
         "only with chance.",
         f"* Hyper-parameters chosen per seed (relative γ, λ; seen-class offset): {hypers}.",
-        f"* {platform.machine()}, {os.cpu_count()} cores shared with other jobs, 1 torch thread; "
-        f"{feature_note}; sentence embeddings {embed_seconds:.0f} s (model load included); "
+        f"* Machine (shared with other jobs): {machine}; {feature_note}; sentence embeddings "
+        f"{embed_seconds:.0f} s (model load included); "
         f"total {time.perf_counter() - start:.0f} s.",
         "* The CLI runs the same protocol: `transferkit zeroshot "
         f"../shared/datasets/oxford17flowers/all --attributes benchmarks/{ATTRIBUTES.name} "
@@ -232,24 +235,23 @@ def run(args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
+    add_seeds_argument(parser)
     parser.add_argument("--n-unseen", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--baseline-draws", type=int, default=5, help="random draws per seed "
                         "of each baseline (default 5)")
-    parser.add_argument("--datasets", default=str(DATASETS))
+    add_datasets_argument(parser)
     parser.add_argument("--cache-dir", default=None, help="feature cache (default: the "
                         "transferkit default cache)")
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--dry-run", action="store_true", help="print, do not write RESULTS.md")
-    args = parser.parse_args()
-    text = run(args)
-    print(text)
-    if not args.dry_run:
-        write_section("zeroshot", text)
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    require_dataset("oxford17flowers/all", root=args.datasets)
+    publish("zeroshot", run(args), args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,17 +1,10 @@
-"""Foundation benchmark: `transferkit fit` wall time and accuracy, feature-extraction speed.
+"""Extraction benchmark: feature-extraction speed and agreement on hymenoptera.
 
-What it measures on hymenoptera (``../shared/datasets/hymenoptera``, train → val, 398
-files including the ``imageNotFound.gif`` palette placeholder), writing the
-``foundation`` section of ``benchmarks/RESULTS.md``:
+On the hymenoptera files (``../shared/datasets/hymenoptera``, train and val, 398 files),
+in this one process, writing the ``foundation-extraction`` section of
+``benchmarks/RESULTS.md``:
 
-1. ``transferkit fit DATA --out TMP --cache-dir DIR --json --quiet`` run as a subprocess:
-   cold (a fresh, empty cache folder: ONNX export and every forward pass included) and
-   warm (the same cache folder again: every feature a cache hit), and warm with
-   ``--classifier svm`` (a classifier swap on cached features). Wall time around the
-   subprocess, the JSON's ``seconds`` / ``extract_seconds``, validation accuracy and
-   balanced accuracy, skipped files, and the peak RSS of the largest process of the
-   run (``os.wait4``; the decode workers count as separate processes).
-2. Feature-extraction throughput (images/s) on the same files, in this one process:
+1. Throughput (images/s) of each path:
    (a) the baseline: a plain timm eager loop written here (``timm.create_model`` with the
    bundled weights, timm's eval transform, PIL decode in the main process, batch 32,
    ``torch.inference_mode()``, ``forward_head(forward_features(x), pre_logits=True)``);
@@ -22,49 +15,55 @@ files including the ``imageNotFound.gif`` palette placeholder), writing the
    child process, abandoned if compiling takes more than ``--compile-limit`` seconds).
    Each path's speed-up over the baseline and the largest absolute difference of its
    features from the baseline's.
-3. Diagnostics for the ONNX path: decode + preprocessing alone, ONNX Runtime alone on
+2. Diagnostics for the ONNX path: decode + preprocessing alone, ONNX Runtime alone on
    decoded tensors (1 and all threads), and the extractor with 0, 1 and 2 decode workers:
    is decoding the bottleneck?
 
 Throughput is the median over ``--repeats`` runs (range in brackets). The OS file cache
-is not dropped, so "cold" means an empty *feature* cache; images are read once beforehand.
+is not dropped; images are read once beforehand.
 
-    .venv/bin/python benchmarks/bench_foundation.py [--repeats 3] [--no-compile]
+    .venv/bin/python -m benchmarks.bench_extraction [--repeats 3] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import json
 import os
-import platform
-import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "hymenoptera"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
-START, END = "<!-- foundation:start -->", "<!-- foundation:end -->"
+from benchmarks._common import (
+    REPO,
+    announce_machine,
+    cpu_cores,
+    image_files,
+    load_average,
+    log,
+    median_range,
+    publish,
+    require_dataset,
+    verdict,
+    warm_file_cache,
+)
+from benchmarks.bench_fit import add_hymenoptera_arguments
+
+MODULE = "benchmarks.bench_extraction"  # the compile child runs this module again
 BACKBONE = "efficientnet_lite0"
 ARCH = "tf_efficientnet_lite0"
 BATCH = 32
+MIN_FILES = 256  # fewer files give too few batches for a stable rate
 
 # Targets of the foundation issue.
-TARGET_ACCURACY = 0.94
-TARGET_COLD_S = 30.0
-TARGET_WARM_S = 5.0
 TARGET_SPEEDUP = 4.0
 TARGET_MAX_DIFF = 1e-4
 
@@ -75,138 +74,7 @@ ONNX_REUSED = "(c) FrozenExtractor onnx, exported file reused"
 COMPILED = "(d) FrozenExtractor eager + torch.compile (inductor)"
 
 
-# --------------------------------------------------------------------------- helpers
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def median_range(values: list[float]) -> tuple[float, float, float]:
-    return float(statistics.median(values)), float(min(values)), float(max(values))
-
-
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def load_average() -> float:
-    try:
-        return os.getloadavg()[0]
-    except OSError:
-        return float("nan")
-
-
-def machine_line() -> str:
-    import onnxruntime
-    import timm
-    import torch
-
-    model = platform.processor() or "unknown CPU"
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == (platform.processor() or "unknown CPU"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = "/".join(f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile")
-                                 if f in have)
-    except OSError:
-        pass
-    return (f"{model}, {cpu_cores()} cores{f' ({flags})' if flags else ''}, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime "
-            f"{onnxruntime.__version__}, timm {timm.__version__}; {dt.date.today().isoformat()}")
-
-
-def image_paths(root: Path) -> list[Path]:
-    """Every file of the class folders under train/ and val/, in a fixed order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def warm_file_cache(paths: list[Path]) -> None:
-    for path in paths:
-        path.read_bytes()
-
-
-# --------------------------------------------------------------------------- 1. CLI fit
-
-@dataclass
-class FitRun:
-    label: str
-    wall: float = float("nan")
-    seconds: float = float("nan")
-    extract_seconds: float = float("nan")
-    val_accuracy: float = float("nan")
-    val_balanced_accuracy: float = float("nan")
-    n_train: int = 0
-    n_val: int = 0
-    n_skipped: int = 0
-    skipped: list = field(default_factory=list)
-    maxrss_mib: float = float("nan")
-    error: str = ""
-
-
-def run_fit(data: Path, out: Path, cache_dir: Path, extra: list[str], label: str,
-            timeout: float = 600.0) -> FitRun:
-    """One `transferkit fit` subprocess: wall time, its JSON summary, its peak RSS."""
-    exe = REPO / ".venv" / "bin" / "transferkit"
-    command = ([str(exe)] if exe.exists() else [sys.executable, "-m", "transferkit"])
-    command += ["fit", str(data), "--out", str(out), "--cache-dir", str(cache_dir),
-                "--json", "--quiet", *extra]
-    run = FitRun(label)
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, cwd=REPO)
-        timer = threading.Timer(timeout, process.kill)
-        timer.start()
-        try:
-            # wait4: this child's own resource usage (its waited-for workers included).
-            _, status, usage = os.wait4(process.pid, 0)
-        finally:
-            timer.cancel()
-        run.wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        run.maxrss_mib = usage.ru_maxrss / 1024  # KiB on Linux
-        stdout.seek(0)
-        stderr.seek(0)
-        text, errors = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-    if process.returncode != 0:
-        run.error = f"exit {process.returncode}: {errors.strip()[-500:]}"
-        return run
-    try:
-        summary = json.loads(text.strip().splitlines()[-1])
-    except (ValueError, IndexError) as exc:
-        run.error = f"no JSON on stdout ({exc}): {text[-300:]!r}"
-        return run
-    for name in ("seconds", "extract_seconds", "val_accuracy", "val_balanced_accuracy"):
-        setattr(run, name, float(summary.get(name, float("nan"))))
-    for name in ("n_train", "n_val", "n_skipped"):
-        setattr(run, name, int(summary.get(name, 0)))
-    run.skipped = [item.get("reason", "") for item in summary.get("skipped", [])]
-    return run
-
-
-def bench_cli(data: Path, work: Path, repeats: int) -> dict[str, list[FitRun]]:
-    runs: dict[str, list[FitRun]] = {"cold": [], "warm": [], "warm svm": []}
-    for repeat in range(repeats):
-        cache = work / f"cli-cache-{repeat}"  # fresh and empty: a cold start
-        out = work / f"cli-model-{repeat}"
-        for label, extra in (("cold", []), ("warm", []), ("warm svm", ["--classifier", "svm"])):
-            run = run_fit(data, out, cache, extra, label)
-            runs[label].append(run)
-            log(f"fit {label:8s} #{repeat + 1}: wall {run.wall:6.2f} s, json {run.seconds:6.2f} s, "
-                f"extract {run.extract_seconds:6.2f} s, val acc {run.val_accuracy:.3f}, "
-                f"bal {run.val_balanced_accuracy:.3f}, skipped {run.n_skipped}, "
-                f"rss {run.maxrss_mib:.0f} MiB{'  ERROR ' + run.error if run.error else ''}")
-        shutil.rmtree(out, ignore_errors=True)
-    return runs
-
-
-# --------------------------------------------------------------------------- 2. throughput
+# --------------------------------------------------------------------------- 1. throughput
 
 @dataclass
 class PathResult:
@@ -369,13 +237,14 @@ def bench_compile(paths: list[Path], work: Path, repeats: int, limit: float,
     out.mkdir(parents=True, exist_ok=True)
     paths_file = out / "paths.txt"
     paths_file.write_text("\n".join(str(p) for p in paths))
-    command = [sys.executable, str(Path(__file__).resolve()), "--_compile-child", str(out),
+    command = [sys.executable, "-m", MODULE, "--_compile-child", str(out),
                "--repeats", str(repeats), "--_paths", str(paths_file)]
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(out / "inductor"))  # a cold compile
     compiled = out / "compiled.json"
     deadline = time.perf_counter() + limit
     with open(out / "log.txt", "wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                   cwd=REPO)
         while process.poll() is None:
             late = time.perf_counter() > deadline
             if late and not compiled.exists():
@@ -404,7 +273,7 @@ def bench_compile(paths: list[Path], work: Path, repeats: int, limit: float,
                       "cache); separate process")
 
 
-# ---- 3. diagnostics: where does the ONNX path spend its time?
+# ---- 2. diagnostics: where does the ONNX path spend its time?
 
 class _ShardedBatches:
     """What-if, not transferkit code: each worker decodes *and* runs a 1-thread ONNX session."""
@@ -496,81 +365,15 @@ def bench_diagnostics(paths: list[Path], onnx_file: Path, work: Path, repeats: i
 
 # --------------------------------------------------------------------------- report
 
-def fmt_runs(runs: list[FitRun], attr: str, digits: int = 2) -> str:
-    values = [getattr(r, attr) for r in runs if not r.error]
-    if not values:
-        return "error"
-    med, lo, hi = median_range(values)
-    text = f"{med:.{digits}f}"
-    if len(values) > 1 and attr not in ("val_accuracy", "val_balanced_accuracy"):
-        text += f" ({lo:.{digits}f}–{hi:.{digits}f})"
-    return text
-
-
-def verdict(ok: bool) -> str:
-    return "✅" if ok else "❌"
-
-
-def render(machine: str, load: tuple[float, float], n_files: int, repeats: int,
-           cli: dict[str, list[FitRun]], paths: list[PathResult], diagnostics: dict | None,
-           total: float) -> str:
-    out = [START, "## Foundation: `transferkit fit` and feature-extraction speed (hymenoptera)", "",
-           f"Machine: {machine}. Load average {load[0]:.2f} at start, {load[1]:.2f} at end; "
-           f"`benchmarks/bench_foundation.py --repeats {repeats}`, {total:.0f} s in all.", ""]
-
-    # ---- CLI
-    if any(cli.values()):
-        out += render_cli(cli, repeats)
-
-    # ---- throughput
+def render(machine: str, load_end: float, repeats: int, paths: list[PathResult],
+           diagnostics: dict | None, total: float) -> str:
+    out = ["## Foundation: feature-extraction speed (hymenoptera)", "",
+           f"Machine: {machine}. Load average {load_end:.2f} at end; "
+           f"`python -m benchmarks.bench_extraction --repeats {repeats}`, {total:.0f} s in all."]
     out += render_paths(paths)
     if diagnostics:
         out += render_diagnostics(diagnostics)
-    out.append(END)
     return "\n".join(out)
-
-
-def render_cli(cli: dict[str, list[FitRun]], repeats: int) -> list[str]:
-    out = ["### `transferkit fit` (subprocess, train → val)", "",
-           "`transferkit fit ../shared/datasets/hymenoptera --out TMP --cache-dir DIR --json "
-           "--quiet`; cold = fresh empty `DIR` (ONNX export, every forward pass), warm = the same "
-           f"`DIR` again (all features cached). Median (range) over {repeats} run(s).", "",
-           "| run | wall s | JSON seconds | extract_seconds | val accuracy | balanced acc. | "
-           "n_train / n_val | skipped | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|"]
-    for label, runs in cli.items():
-        good = [r for r in runs if not r.error]
-        if not good:
-            error = runs[0].error.replace("|", "/").replace("\n", " ")[:160] if runs else "not run"
-            out.append(f"| {label} | error: {error} |  |  |  |  |  |  |  |")
-            continue
-        out.append(f"| {label} | {fmt_runs(runs, 'wall')} | {fmt_runs(runs, 'seconds')} | "
-                   f"{fmt_runs(runs, 'extract_seconds')} | {fmt_runs(runs, 'val_accuracy', 3)} | "
-                   f"{fmt_runs(runs, 'val_balanced_accuracy', 3)} | {good[0].n_train} / "
-                   f"{good[0].n_val} | {good[0].n_skipped} | {fmt_runs(runs, 'maxrss_mib', 0)} |")
-    cold, warm, swap = ([r for r in cli[k] if not r.error] for k in ("cold", "warm", "warm svm"))
-    out.append("")
-    if cold and warm:
-        acc = min(r.val_accuracy for r in cold + warm)
-        cold_s = statistics.median(r.wall for r in cold)
-        warm_s = statistics.median(r.wall for r in warm)
-        line = (f"* Targets: val accuracy ≥ {TARGET_ACCURACY} {verdict(acc >= TARGET_ACCURACY)} "
-                f"({acc:.3f}); cold ≤ {TARGET_COLD_S:.0f} s {verdict(cold_s <= TARGET_COLD_S)} "
-                f"({cold_s:.1f} s); warm ≤ {TARGET_WARM_S:.0f} s "
-                f"{verdict(warm_s <= TARGET_WARM_S)} ({warm_s:.1f} s)")
-        if swap:
-            line += (f"; swapping the classifier to SVM on cached features: "
-                     f"{statistics.median(r.wall for r in swap):.1f} s")
-        out.append(line + ".")
-    skipped = sorted({reason for r in cold for reason in r.skipped})
-    out += ["* Wall = around the subprocess (interpreter start-up and imports included); JSON "
-            "`seconds` counts from process start, `extract_seconds` covers the training images "
-            "only. Peak RSS: `ru_maxrss` of the largest single process of the run "
-            "(`os.wait4`; decode workers are separate processes).",
-            "* Skipped files: " + ("; ".join(skipped) if skipped else
-                                   "none (the palette GIF `train/ants/imageNotFound.gif` decodes "
-                                   "and is converted to RGB, so it is kept as an `ants` image).")]
-    return out
 
 
 def render_paths(paths: list[PathResult]) -> list[str]:
@@ -635,19 +438,6 @@ def render_diagnostics(diagnostics: dict) -> list[str]:
     return out
 
 
-def write_section(results: Path, section: str) -> None:
-    """Replace the text between the markers (or append it), keeping everything else."""
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if START in text and END in text and text.index(START) < text.index(END):
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = results.with_name(results.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, results)
-
-
 # --------------------------------------------------------------------------- main
 
 def guarded(what: str, fallback, function, *args):
@@ -667,14 +457,11 @@ def failed_path(name: str, n_images: int):
     return lambda note: PathResult(name, [float("nan")], n_images, note=note)
 
 
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (default 3)")
-    parser.add_argument("--data", type=Path, default=DATA,
-                        help="the hymenoptera folder (default ../shared/datasets/hymenoptera)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="markdown file whose foundation section is replaced")
-    parser.add_argument("--no-cli", action="store_true", help="skip the `transferkit fit` runs")
+    add_hymenoptera_arguments(parser)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--no-diagnostics", action="store_true", help="skip the ONNX breakdown")
     parser.add_argument("--compile-limit", type=float, default=180.0,
@@ -688,30 +475,19 @@ def main(argv=None) -> int:
     if args._compile_child is not None:
         return compile_child(args._paths, args._compile_child, args.repeats)
 
-    args.data = args.data.resolve()  # the fit subprocesses run in the repository root
-    if not args.data.is_dir():
-        print(f"{args.data} is absent: no hymenoptera images here, nothing to benchmark.")
-        return 0
+    data = require_dataset(args.data.resolve())
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    load_start = load_average()
-    machine = machine_line()
-    log(f"machine: {machine}; load average {load_start:.2f}")
-    if load_start > 0.5 * cpu_cores():
-        log("warning: the machine is busy; timings will be pessimistic.")
-
-    files = image_paths(args.data)
-    if len(files) < 256:
-        print(f"only {len(files)} files under {args.data}; need at least 256.", file=sys.stderr)
+    machine = announce_machine()
+    files = image_files(data)
+    if len(files) < MIN_FILES:
+        print(f"only {len(files)} files under {data}; need at least {MIN_FILES}.", file=sys.stderr)
         return 1
     warm_file_cache(files)
     paths = files[:args.max_images] if args.max_images else files
 
-    with tempfile.TemporaryDirectory(prefix="bench-foundation-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-extraction-") as tmp:
         work = Path(tmp)
-        cli = ({"cold": [], "warm": [], "warm svm": []} if args.no_cli
-               else bench_cli(args.data, work, args.repeats))
-
         from transferkit.features.extract import shared_backbone
 
         shared_backbone(BACKBONE, None, None)  # build the network once, outside every timing
@@ -730,14 +506,11 @@ def main(argv=None) -> int:
                 results.append(compiled)
         diagnostics = None
         if not args.no_diagnostics and onnx_file is not None:
-            diagnostics = guarded("diagnostics", lambda note: None, bench_diagnostics, paths, onnx_file, work,
-                                  args.repeats, reference)
+            diagnostics = guarded("diagnostics", lambda note: None, bench_diagnostics, paths,
+                                  onnx_file, work, args.repeats, reference)
 
-    section = render(machine, (load_start, load_average()), len(files), args.repeats,
-                     cli, results, diagnostics, time.perf_counter() - started)
-    write_section(args.results, section)
-    print(section)
-    log(f"wrote the foundation section of {args.results}")
+    publish("foundation-extraction", render(machine, load_average(), args.repeats, results,
+                                            diagnostics, time.perf_counter() - started), args)
     return 0
 
 
