@@ -6,7 +6,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import write_class_folder
 from transferkit.cli import main
@@ -80,11 +79,6 @@ def test_one_shot_prototype_equals_nearest_neighbour(metric):
     nearest = PrototypeClassifier(metric=metric, rule="nearest").fit(support, labels).predict(query)
     knn = KNeighborsClassifier(1, metric=metric).fit(support, labels).predict(query)
     assert (prototype == nearest).all() and (prototype == knn).all()
-
-
-@parametrize_with_checks([PrototypeClassifier(), PrototypeClassifier("euclidean", "nearest")])
-def test_prototype_classifier_is_a_scikit_learn_estimator(estimator, check):
-    check(estimator)
 
 
 def test_contrastive_and_triplet_loss_hand_values():

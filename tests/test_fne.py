@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from sklearn.utils.estimator_checks import check_estimator
 
 from conftest import write_class_folder
 from transferkit import run
@@ -34,10 +33,6 @@ def test_standardisation_uses_training_statistics_only():
     constant = np.c_[train, np.ones(len(train))]
     out = FullNetworkEmbedding().fit(constant).transform(constant + 5)
     assert np.isfinite(out).all() and (out[:, -1] == 0).all()
-
-
-def test_sklearn_estimator_contract():
-    check_estimator(FullNetworkEmbedding())
 
 
 def test_fne_method_learns_and_round_trips(tmp_path, tiny_checkpoint):

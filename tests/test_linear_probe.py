@@ -67,7 +67,7 @@ def test_bundle_round_trip_gives_identical_predictions(tmp_path, probe_kwargs):
     loaded = load_bundle(folder)
     np.testing.assert_array_equal(loaded.predict_proba(val), probe.predict_proba(val))
     # Overwriting a bundle replaces it whole and leaves no staging folders behind.
-    save_bundle(probe, folder)
+    save_bundle(probe, folder, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 

@@ -6,11 +6,8 @@ mean over three seeds on a held-out labelled target sample.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from transferkit.errors import DataError
 from transferkit.methods.baselines import SourceOnly, TargetOracle
@@ -200,14 +197,3 @@ def test_estimators_keep_the_parameter_contract():
                   CORAL(regularization=0.5), SubspaceAlignment(n_components=3),
                   TCA(kernel="rbf", mu=0.1)):
         assert clone(model).get_params() == model.get_params()
-
-
-# The classifiers' fit needs the target features Xt, which scikit-learn's checks never
-# pass, so only the transformers are checked: without Xt they are well-defined
-# transformers (CORAL: identity, SA: PCA projection, TCA: kernel PCA).
-@parametrize_with_checks([CORALTransformer(), SubspaceAlignmentTransformer(),
-                          TCATransformer(n_components=2, max_samples=200)])
-def test_transformers_pass_sklearn_checks(estimator, check):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        check(estimator)

@@ -143,10 +143,14 @@ def _mmd(source, target, random_state: int) -> float | None:
 def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
           target_test=None, epochs: int | None = None, backbone: str | None = None,
           random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
-          progress: bool = False) -> dict:
+          progress: bool = False, overwrite: bool = False) -> dict:
     """Run source only, ``method`` and (with ``target_labelled``) the oracle; see the module
     docstring. Returns the summary that ``transferkit adapt --json`` prints; with ``out``,
-    also writes ``summary.json`` and ``domain_map.png`` there."""
+    also writes ``summary.json`` and ``domain_map.png`` there. ``out`` must be new, empty or
+    written by transferkit, apart from the inputs; a finished run there is replaced only
+    with ``overwrite`` (see :mod:`transferkit.outputs`)."""
+    from transferkit.outputs import prepare_output_folder
+
     start = time.perf_counter()
     if method not in METHODS:
         raise DataError(f"unknown adaptation method {method!r}; choose one of {', '.join(METHODS)}.")
@@ -156,7 +160,10 @@ def adapt(source, target, method: str = "dann", out=None, target_labelled=None,
     target_paths = _unlabelled(target)
     labelled = _labelled(target_labelled, classes) if target_labelled else None
     test = _labelled(target_test, classes) if target_test else None
-    out = Path(out) if out is not None else None
+    if out is not None:
+        prepare_output_folder(out, command="adapt", overwrite=overwrite,
+                              inputs=(source, target, target_labelled, target_test))
+        out = Path(out)
 
     represent = _Representation(deep, backbone, cache_dir, use_cache, progress)
     Xs, ys = represent(source_images.paths, source_images.labels)
@@ -265,7 +272,7 @@ def _sklearn_digits_domain():
 
 def run_adapt_demo(out: str | os.PathLike = "transferkit-adapt-demo", method: str = "dann",
                    n_source: int = 2000, epochs: int = 15, random_state: int = 0,
-                   progress: bool = False) -> dict:
+                   progress: bool = False, overwrite: bool = False) -> dict:
     """Printed digits (rendered from this machine's fonts) → handwritten digits.
 
     The handwritten target is split in half with a seeded shuffle: one half is the
@@ -273,8 +280,10 @@ def run_adapt_demo(out: str | os.PathLike = "transferkit-adapt-demo", method: st
     """
     from transferkit.bundle import write_json_atomic
     from transferkit.data.digits import render_printed_digits, resize_domain, write_image_folder
+    from transferkit.outputs import prepare_output_folder
     from transferkit.report.html import write_report
 
+    prepare_output_folder(out, command="adapt-demo", overwrite=overwrite)
     out = Path(out)
     data = out / "data"
     printed = render_printed_digits(n_source, random_state=random_state, size=IMAGE_SIZE)
@@ -286,7 +295,8 @@ def run_adapt_demo(out: str | os.PathLike = "transferkit-adapt-demo", method: st
     write_image_folder(handwritten.subset(held_out), data / "handwritten_test")
     summary = adapt(data / "printed", data / "handwritten_pool", method=method, out=out / "run",
                     target_labelled=data / "handwritten_pool", target_test=data / "handwritten_test",
-                    epochs=epochs, random_state=random_state, progress=progress)
+                    epochs=epochs, random_state=random_state, progress=progress,
+                    overwrite=overwrite)
     summary["demo"] = ("printed digits (rendered from this machine's fonts) → handwritten "
                        "digits (UCI, bundled with scikit-learn); the target pool's labels "
                        "train only the oracle")

@@ -62,8 +62,12 @@ def default_finetune_epochs(n_labelled: int, minimum_steps: int = MIN_FINETUNE_S
 
 def run_autoencoder(unlabelled, labelled, out, test=None, epochs: int = 15,
                     finetune_epochs: int | None = None, noise: float = 0.0,
-                    contrast_normalise: bool = False, random_state: int = 0, device: str = "auto", progress: bool = False) -> dict:
-    """Run the job of the module docstring; return the summary that ``--json`` prints."""
+                    contrast_normalise: bool = False, random_state: int = 0, device: str = "auto",
+                    progress: bool = False, overwrite: bool = False) -> dict:
+    """Run the job of the module docstring; return the summary that ``--json`` prints.
+
+    ``out`` must be new, empty or written by transferkit, apart from the inputs; a finished
+    run there is replaced only with ``overwrite`` (see :mod:`transferkit.outputs`)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -71,6 +75,7 @@ def run_autoencoder(unlabelled, labelled, out, test=None, epochs: int = 15,
     from transferkit.bundle import write_json_atomic
     from transferkit.methods.autoencoder import AutoencoderInitialisedClassifier, ConvAutoencoder
     from transferkit.methods.deep_adaptation import DeepSourceOnly
+    from transferkit.outputs import prepare_output_folder
 
     start = time.perf_counter()
     unlabelled = Path(unlabelled)
@@ -84,6 +89,8 @@ def run_autoencoder(unlabelled, labelled, out, test=None, epochs: int = 15,
     test_images = _labelled(test, classes) if test is not None else None
     if out is None:
         raise DataError("give an output folder (--out) for reconstructions.png and summary.json.")
+    prepare_output_folder(out, command="autoencoder", inputs=(unlabelled, labelled, test),
+                          overwrite=overwrite)
     out = Path(out)
 
     skipped: list[tuple[str, str]] = []

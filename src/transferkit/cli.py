@@ -23,6 +23,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
 
 
+def _overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous result "
+                        "of transferkit in --out (files you added there are kept); without "
+                        "it only a new or empty folder, or an interrupted run, is written")
+
+
 def _extraction(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="feature cache folder (default: $TRANSFERKIT_CACHE_DIR "
                         "or ~/.cache/transferkit)")
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("data", help="folder (class sub-folders, optionally train/ val/ test/) or CSV "
                      "with path,label columns")
     fit.add_argument("--out", default="transferkit-model", help="model folder to write")
+    _overwrite(fit)
     fit.add_argument("--method", default="linear_probe", choices=["linear_probe", "fne", "finetune"],
                      help="linear_probe: frozen features + shallow classifier; fne: Full-Network "
                      "Embedding + linear SVM; finetune: train the network")
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default="ridge", help="the probe (default ridge: fast, closed-form CV)")
     layers.add_argument("--seed", type=int, default=0)
     layers.add_argument("--out", default="layer-sweep", help="folder for layers.csv/json/png")
+    _overwrite(layers)
     _extraction(layers)
     _common(layers)
 
@@ -137,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     anomaly.add_argument("--seed", type=int, default=0)
     anomaly.add_argument("--out", help="write the scores: a .json file, or a folder "
                          "(anomaly.json + scores.csv)")
+    _overwrite(anomaly)
     _extraction(anomaly)
     _common(anomaly)
 
@@ -150,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run fit on image sets embedded in the installed "
                                "packages and compare with raw pixels")
     demo.add_argument("--out", default="transferkit-demo")
+    _overwrite(demo)
     demo.add_argument("--set", dest="sets", action="append", choices=["textures", "faces"],
                       help="embedded set (repeatable; default both)")
     _extraction(demo)
@@ -185,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"deep ({', '.join(DEEP_METHODS)}: a small CNN on 32×32 images) or "
                        "shallow (on frozen pretrained features); default dann")
     adapt.add_argument("--out", help="folder for summary.json, domain_map.png and checkpoints")
+    _overwrite(adapt)
     adapt.add_argument("--epochs", type=int, help="training epochs of the deep methods")
     adapt.add_argument("--backbone", help="feature backbone of the shallow methods "
                        "(default efficientnet_lite0)")
@@ -204,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     autoencoder.add_argument("--test", help="labelled images to score on (same classes)")
     autoencoder.add_argument("--out", required=True, help="folder for reconstructions.png, "
                              "summary.json and the training runs")
+    _overwrite(autoencoder)
     autoencoder.add_argument("--epochs", type=int, default=15,
                              help="autoencoder training epochs (default 15)")
     autoencoder.add_argument("--finetune-epochs", type=int, help="supervised epochs (default: "
@@ -247,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="student network (default small-cnn)")
     distill.add_argument("--out", help="folder for summary.json and student/ (the distilled "
                          "student: config.json + student.safetensors)")
+    _overwrite(distill)
     distill.add_argument("--unlabelled", help="extra images without labels: the student learns "
                          "the teacher's outputs on them")
     distill.add_argument("--temperature", type=float, default=4.0, help="softmax temperature T "
@@ -309,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     fewshot_train.add_argument("background", nargs="+", help="folder(s) of class sub-folders "
                                "(nested ones too: alphabet/character/*.png)")
     fewshot_train.add_argument("--out", default="transferkit-similarity", help="bundle folder")
+    _overwrite(fewshot_train)
     fewshot_train.add_argument("--backbone", help="default efficientnet_lite0")
     fewshot_train.add_argument("--layer", default="pre_logits", help="layer(s) whose frozen "
                                "features feed the head")
@@ -351,8 +365,11 @@ def _run_layers(args, quiet: bool) -> dict:
 
     from transferkit.data import load_dataset
     from transferkit.evaluate.layer_sweep import layer_sweep, write_sweep
+    from transferkit.outputs import prepare_output_folder
 
     splits = load_dataset(args.data, random_state=args.seed)
+    prepare_output_folder(args.out, command="layers", inputs=(args.data,),
+                          overwrite=args.overwrite)
     parts = [part for part in (splits.train, splits.val) if part is not None]
     paths = [path for part in parts for path in part.paths]
     labels = np.concatenate([part.labels for part in parts])
@@ -362,7 +379,7 @@ def _run_layers(args, quiet: bool) -> dict:
                         cache_dir=args.cache_dir, progress=not quiet)
     result = sweep.to_dict()
     result["files"] = write_sweep(sweep, args.out, title=f"{Path(args.data).name}: "
-                                  f"{args.backbone} layers")
+                                  f"{args.backbone} layers", overwrite=args.overwrite)
     return result
 
 
@@ -381,6 +398,9 @@ def _show_skipped(result: dict) -> None:
 
 def _report_fit(result: dict) -> None:
     _show_skipped(result)
+    for name in result.get("dropped_classes", []):
+        print(f"warning: no training image of class {name!r} could be read, so the model has "
+              "not learnt it (see the skipped files above)")
     print(f"validation: {result['validation']}")
     print(f"train {result['n_train']} images, validation {result['n_val']} images, "
           f"classes {', '.join(result['classes'])}")
@@ -651,6 +671,11 @@ def _seconds_since_process_start() -> float:
 
 
 def main(argv=None) -> int:
+    # A file name that is not valid UTF-8 (surrogates) or a character the terminal's
+    # encoding lacks must not crash the output after the work is done.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     quiet = args.quiet or args.json
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
@@ -667,7 +692,7 @@ def main(argv=None) -> int:
             result = run.fit(args.data, args.out, method=args.method, val_fraction=args.val_fraction,
                              random_state=args.seed, report=not args.no_report,
                              check_negative_transfer=args.check_negative_transfer,
-                             **_fit_options(args))
+                             overwrite=args.overwrite, **_fit_options(args))
             report = _report_fit
         elif args.command == "predict":
             result = run.predict(args.model, args.images, progress=not quiet,
@@ -707,7 +732,8 @@ def main(argv=None) -> int:
                                  backbone=args.backbone, weights=args.weights, arch=args.arch,
                                  layer=args.layer, threshold_quantile=args.threshold_quantile,
                                  holdout=args.holdout, random_state=args.seed,
-                                 progress=not quiet, **_cache_options(args))
+                                 overwrite=args.overwrite, progress=not quiet,
+                                 **_cache_options(args))
             report = _report_anomaly
         elif args.command == "cdfg":
             result = run.cdfg(args.domain_a, args.domain_b, spaces=args.spaces,
@@ -721,7 +747,7 @@ def main(argv=None) -> int:
             if args.demo:
                 result = adapt.run_adapt_demo(args.out or "transferkit-adapt-demo",
                                               method=args.method, random_state=args.seed,
-                                              progress=not quiet,
+                                              progress=not quiet, overwrite=args.overwrite,
                                               **({"epochs": args.epochs} if args.epochs else {}))
             else:
                 if not (args.source and args.target):
@@ -731,7 +757,7 @@ def main(argv=None) -> int:
                                      target_test=args.target_test, epochs=args.epochs,
                                      backbone=args.backbone, random_state=args.seed,
                                      device=args.device, progress=not quiet,
-                                     **_cache_options(args))
+                                     overwrite=args.overwrite, **_cache_options(args))
             report = _report_adapt
         elif args.command == "autoencoder":
             from transferkit.autoencoder_job import run_autoencoder
@@ -740,8 +766,8 @@ def main(argv=None) -> int:
                                      epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                      noise=args.noise,
                                      contrast_normalise=args.contrast_normalise,
-                                     random_state=args.seed,
-                                     device=args.device, progress=not quiet)
+                                     random_state=args.seed, device=args.device,
+                                     progress=not quiet, overwrite=args.overwrite)
             report = _report_autoencoder
         elif args.command == "multitask":
             from transferkit.multitask_job import run_multitask
@@ -760,7 +786,8 @@ def main(argv=None) -> int:
                              temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                              image_size=args.image_size, unlabelled=args.unlabelled,
                              val_fraction=args.val_fraction, random_state=args.seed,
-                             device=args.device, progress=not quiet, **_cache_options(args))
+                             device=args.device, progress=not quiet,
+                             overwrite=args.overwrite, **_cache_options(args))
             report = _report_distill
         elif args.command == "zeroshot":
             from transferkit.zeroshot_job import zeroshot
@@ -785,13 +812,15 @@ def main(argv=None) -> int:
             result = fewshot_train(args.background, args.out, backbone=args.backbone,
                                    layer=args.layer, loss=args.loss, epochs=args.epochs,
                                    device=args.device, random_state=args.seed,
-                                   progress=not quiet, **_cache_options(args))
+                                   progress=not quiet, overwrite=args.overwrite,
+                                   **_cache_options(args))
             report = _report_fewshot
         else:
             from transferkit.demo import run_demo
 
             result = run_demo(args.out, sets=args.sets or ("textures", "faces"),
-                              progress=not quiet, **_cache_options(args))
+                              overwrite=args.overwrite, progress=not quiet,
+                              **_cache_options(args))
             report = _report_demo
     except TransferkitError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -30,12 +30,19 @@ def raw_pixel_baseline(data: Path, classifier: str = "logreg", random_state: int
 
 
 def run_demo(out: str | os.PathLike = "transferkit-demo", sets=EMBEDDED_SETS,
-             random_state: int = 0, **fit_options) -> dict:
+             random_state: int = 0, overwrite: bool = False, **fit_options) -> dict:
+    """Write each embedded set under ``out/data``, fit it into ``out/models`` and compare
+    with raw pixels. A previous demo in ``out`` is replaced only with ``overwrite``."""
+    from transferkit.outputs import prepare_output_folder
+
+    prepare_output_folder(out, command="demo", overwrite=overwrite)
     out = Path(out)
     results = {}
     for name in sets:
         data = write_embedded_set(name, out / "data" / name, random_state=random_state)
-        summary = run.fit(data, out / "models" / name, random_state=random_state, **fit_options)
+        # The demo's own folder passed the check above: its models are the demo's to replace.
+        summary = run.fit(data, out / "models" / name, random_state=random_state,
+                          overwrite=True, **fit_options)
         baseline = raw_pixel_baseline(data, random_state=random_state)
         results[name] = {
             "data": str(data), "model": summary["out"], "n_train": summary["n_train"],

@@ -147,16 +147,19 @@ def distill(teacher, data, out=None, student: str = "small-cnn", temperature: fl
             alpha: float = 0.9, epochs: int = 40, image_size: int = 32, unlabelled=None,
             val_fraction: float = 0.2, batch_size: int = 64, lr: float = 3e-3,
             random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
-            progress: bool = False, measure: bool = True) -> dict:
+            progress: bool = False, measure: bool = True, overwrite: bool = False) -> dict:
     """Distil the bundle ``teacher`` into ``student`` on the images of ``data``.
 
     ``data``: a class-folder tree (with ``train/`` and ``val/`` parts, else a seeded
     stratified split, ``val_fraction`` per class) or a CSV, with the teacher's class
     names. ``unlabelled``: a folder of extra images without labels (teacher targets
-    only). Returns the summary that ``transferkit distill --json`` prints.
+    only). ``out`` must be new, empty or written by transferkit, apart from the inputs; a
+    finished run there is replaced only with ``overwrite`` (see :mod:`transferkit.outputs`).
+    Returns the summary that ``transferkit distill --json`` prints.
     """
     from transferkit.bundle import read_config, save_bundle
     from transferkit.methods.distill import DistilledStudent
+    from transferkit.outputs import prepare_output_folder
     from transferkit.run import _load
 
     start = time.perf_counter()
@@ -171,6 +174,9 @@ def distill(teacher, data, out=None, student: str = "small-cnn", temperature: fl
                    random_state=random_state, progress=progress)
     DistilledStudent(**options)._check_params()  # fail before the slow part
     extra = collect_images([unlabelled]) if unlabelled is not None else []
+    if out is not None:
+        prepare_output_folder(out, command="distill", overwrite=overwrite,
+                              inputs=(teacher, data, unlabelled))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable images: reported once, in the summary
@@ -248,8 +254,9 @@ def distill(teacher, data, out=None, student: str = "small-cnn", temperature: fl
         out.mkdir(parents=True, exist_ok=True)
         metrics = {k: summary[k] for k in ("student_alone_accuracy", "student_distilled_accuracy",
                                            "teacher_accuracy")}
+        # student/ is this job's own entry in a folder checked above: it may be replaced.
         save_bundle(distilled, out / "student", metrics=metrics,
-                    extra={"teacher": str(teacher), "data": str(data)})
+                    extra={"teacher": str(teacher), "data": str(data)}, overwrite=True)
         summary["files"] = {"student": str(out / "student"), "summary": str(out / "summary.json")}
         summary["seconds"] = time.perf_counter() - start
         atomic_write_json(out / "summary.json", summary)

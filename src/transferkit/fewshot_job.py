@@ -153,14 +153,20 @@ def fewshot(support, query, similarity=None, backbone: str | None = None,
 def fewshot_train(background, out, backbone: str | None = None, layer: str = "pre_logits",
                   pooling: str = "avg", loss: str = "contrastive", epochs: int = 30,
                   random_state: int = 0, device: str = "auto", cache_dir=None,
-                  use_cache: bool = True, progress: bool = False, **options) -> dict:
+                  use_cache: bool = True, progress: bool = False, overwrite: bool = False,
+                  **options) -> dict:
     """Learn a similarity on the classes of ``background`` (one or more folders of class
-    sub-folders, e.g. Omniglot's ``images_background``) and save it to ``out``."""
+    sub-folders, e.g. Omniglot's ``images_background``) and save it to ``out``, which must
+    be new, empty or written by transferkit; a saved model there is replaced only with
+    ``overwrite`` (see :mod:`transferkit.outputs`)."""
     from transferkit.bundle import save_bundle
     from transferkit.methods.siamese import SiameseSimilarity
+    from transferkit.outputs import prepare_output_folder
 
     start = time.perf_counter()
     paths, labels = read_leaf_classes(background)
+    folders = [background] if isinstance(background, (str, os.PathLike)) else list(background)
+    prepare_output_folder(out, command="fewshot-train", inputs=folders, overwrite=overwrite)
     model = SiameseSimilarity(backbone=backbone or "efficientnet_lite0", layer=layer,
                               pooling=pooling, loss=loss, epochs=epochs,
                               random_state=random_state, device=device, cache_dir=cache_dir,
@@ -168,7 +174,7 @@ def fewshot_train(background, out, backbone: str | None = None, layer: str = "pr
     model.fit(paths, labels)
     metrics = {"eer_validation": model.eer_, "threshold": model.threshold_,
                "validation": model.validation_}
-    save_bundle(model, out, metrics=metrics)
+    save_bundle(model, out, metrics=metrics, overwrite=overwrite)
     return {"out": str(out), "n_images": len(paths), "n_classes": int(len(np.unique(labels))),
             "backbone": model.backbone, "layers": model._extractor().layers, "loss": loss,
             "epochs_run": model.epochs_run_, "best_epoch": model.best_epoch_,

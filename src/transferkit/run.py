@@ -62,9 +62,35 @@ def _score(estimator, images: LabelledImages, keep: dict | None = None) -> tuple
     return classification_summary(truth, predicted, list(estimator.classes_)), skipped
 
 
+def _classes_lost_to_unreadable_files(images: LabelledImages, skipped) -> dict[str, str]:
+    """Classes none of whose ``images`` could be read, each with its first file's reason."""
+    reasons = {str(path): reason for path, reason in skipped}
+    lost = {}
+    for label, name in enumerate(images.classes):
+        members = [str(path) for path, own in zip(images.paths, images.labels) if own == label]
+        if members and all(path in reasons for path in members):
+            lost[name] = reasons[members[0]]
+    return lost
+
+
+def _refuse_too_few_readable_classes(splits, skipped) -> dict[str, str]:
+    """The classes whose training images were all unreadable (the model cannot have learnt
+    them); a :class:`DataError` naming them when fewer than two classes are left."""
+    lost = _classes_lost_to_unreadable_files(splits.train, skipped)
+    kept = [name for name in splits.classes if name not in lost]
+    if lost and len(kept) < 2:
+        # One line, even when a file name holds a line break.
+        detail = "; ".join(f"{name!r}, e.g. {reason}" for name, reason in lost.items())
+        detail = detail.replace("\n", " ")
+        raise DataError(f"every training image of {len(lost)} class(es) was unreadable ({detail}), "
+                        f"which leaves {kept or 'no class'}; a classifier needs at least two "
+                        "classes. Fix or replace those files.")
+    return lost
+
+
 def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_probe",
         val_fraction: float = 0.2, random_state: int = 0, report: bool = True,
-        check_negative_transfer: bool = False, **options) -> dict:
+        check_negative_transfer: bool = False, overwrite: bool = False, **options) -> dict:
     """Train ``method`` on the images in ``data`` and save the model in ``out``.
 
     ``options`` go to the method's estimator (e.g. ``backbone``, ``classifier``,
@@ -72,8 +98,12 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     ``check_negative_transfer`` (linear_probe, fne): cross-validate a fresh copy of the
     estimator against raw pixels on the training images and put the verdict in the
     summary under ``"negative_transfer"`` (see :func:`negative_transfer_summary`).
+    ``out`` must be new, empty or written by transferkit, and apart from ``data``; a
+    saved model there is replaced only with ``overwrite`` (see :mod:`transferkit.outputs`).
     Returns the summary printed by ``transferkit fit --json``.
     """
+    from transferkit.outputs import prepare_output_folder
+
     start = time.perf_counter()
     if method not in METHOD_FACTORIES:
         raise TransferkitError(f"unknown method {method!r}; choose one of {sorted(METHOD_FACTORIES)}.")
@@ -83,15 +113,39 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
                                f"({', '.join(NEGATIVE_TRANSFER_METHODS)}) do cheaply; drop "
                                f"--check-negative-transfer for {method} or use one of those.")
     splits = load_dataset(data, val_fraction=val_fraction, random_state=random_state)
+    # Before any training: a refused --out costs nothing and changes nothing.
+    folder = prepare_output_folder(out, command="fit", inputs=(data,), overwrite=overwrite)
+    work, stale_work_error = None, ()  # () catches nothing: no work folder, no stale one
+    if method == "finetune" and options.get("run_dir") is None:
+        from transferkit.outputs import WORK_FOLDER
+        from transferkit.train.loop import RunMismatchError as stale_work_error
+
+        # Checkpoints in the model folder: rerunning an interrupted fit resumes it.
+        work = Path(out) / WORK_FOLDER
+        options["run_dir"] = str(work)
     estimator = METHOD_FACTORIES[method](random_state=random_state, **options)
     with warnings.catch_warnings(record=True):
         # Skipped images are reported once, in the summary, not as a warning per call.
         warnings.simplefilter("ignore")
-        estimator.fit(splits.train.paths, _names(splits.train),
-                      X_val=splits.val.paths, y_val=_names(splits.val))
+        try:
+            estimator.fit(splits.train.paths, _names(splits.train),
+                          X_val=splits.val.paths, y_val=_names(splits.val))
+        except stale_work_error as exc:
+            raise stale_work_error(f"{work} holds an interrupted fit with other settings or data; "
+                                   "add --overwrite (overwrite=True) to start over, or give "
+                                   "another --out.") from exc
+        except DataError:
+            # "need at least two classes" hides why: say which classes were unreadable.
+            _refuse_too_few_readable_classes(splits, getattr(estimator, "skipped_", []))
+            raise
+    lost_classes = _refuse_too_few_readable_classes(splits, estimator.skipped_)
     val_outputs: dict = {}
     val_metrics, val_skipped = _score(estimator, splits.val, val_outputs)
-    skipped = list(estimator.skipped_) + list(val_skipped)
+    # Only training images count against n_train; the validation ones are in val_skipped.
+    train_files = {str(path) for path in splits.train.paths}
+    train_skipped = [(path, reason) for path, reason in estimator.skipped_
+                     if str(path) in train_files]
+    skipped = train_skipped + list(val_skipped)
     if splits.test is not None:
         test_metrics, test_skipped = _score(estimator, splits.test)
         skipped += test_skipped
@@ -103,8 +157,9 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
         "out": str(Path(out)),
         "backbone": getattr(estimator, "backbone", None),
         "classes": [str(c) for c in estimator.classes_],
+        "dropped_classes": list(lost_classes),
         "validation": splits.validation_source,
-        "n_train": int(len(splits.train) - len(estimator.skipped_)),
+        "n_train": int(len(splits.train) - len(train_skipped)),
         "n_val": int(val_metrics["n"]),
         "n_skipped": len(skipped),
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
@@ -126,8 +181,8 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
                                                                  random_state)
     data_summary = {"source": str(Path(data).resolve()), "validation": splits.validation_source,
                     "train_counts": splits.train.counts(), "val_counts": splits.val.counts()}
-    save_bundle(estimator, out, metrics={k: v for k, v in summary.items() if k != "skipped"},
-                extra={"data": data_summary, "skipped": summary["skipped"]})
+    save_bundle(estimator, folder, metrics={k: v for k, v in summary.items() if k != "skipped"},
+                extra={"data": data_summary, "skipped": summary["skipped"]}, overwrite=overwrite)
     if report:
         summary["report"] = str(_write_fit_report(estimator, splits, val_outputs, out))
     summary["seconds"] = time.perf_counter() - start
@@ -136,13 +191,13 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
 
 def _write_fit_report(estimator, splits, val_outputs: dict, out) -> Path:
     """``report_data.json`` (validation predictions, feature map) and ``report.html``."""
+    from transferkit.outputs import write_json_atomic
     from transferkit.report.html import REPORT_DATA, collect_report_data, write_report
-    from transferkit.train.checkpoint import atomic_write_json
 
     data = collect_report_data(estimator, splits.train.paths, _names(splits.train),
                                splits.val.paths, _names(splits.val), val_outputs["proba"],
                                val_outputs["ok"])
-    atomic_write_json(Path(out) / REPORT_DATA, data)
+    write_json_atomic(Path(out) / REPORT_DATA, data)
     return write_report(out)
 
 
@@ -240,11 +295,34 @@ def _anomaly_test_groups(normal: Path, test: Path) -> tuple[list[tuple[str, list
     return groups, normal_names
 
 
+ANOMALY_FILE_MARK = {"created_by": "transferkit"}  # lets a later run recognise its own file
+
+
+def _prepare_anomaly_output(out, inputs, overwrite: bool) -> Path:
+    """Check (and for a folder, create) anomaly's ``out`` before any extraction."""
+    import json
+
+    from transferkit.outputs import check_output_file, prepare_output_folder
+
+    def written_by_transferkit(path: Path) -> bool:
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(saved, dict) and saved.get("created_by") == "transferkit"
+
+    if Path(out).suffix.lower() == ".json":
+        return check_output_file(out, written_by_transferkit=written_by_transferkit,
+                                 inputs=inputs, overwrite=overwrite, what="JSON file")
+    return prepare_output_folder(out, command="anomaly", inputs=inputs, overwrite=overwrite)
+
+
 def anomaly(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.PathLike | None = None,
             scorer: str = "mahalanobis", backbone: str | None = None, weights: str | None = None,
             arch: str | None = None, layer: str = "pre_logits", cache_dir=None,
             use_cache: bool = True, progress: bool = False, threshold_quantile: float = 0.95,
-            holdout: float = 0.3, random_state: int = 0, **options) -> dict:
+            holdout: float = 0.3, random_state: int = 0, overwrite: bool = False,
+            **options) -> dict:
     """Anomaly detection with transferred features: fit on normal images, score a test set.
 
     ``normal``: folder of normal images (searched recursively). ``test``: a folder of
@@ -261,7 +339,9 @@ def anomaly(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.Pa
     the normal training images' out-of-fold scores: no test label sets the threshold
     (the EER threshold is reported, but it is chosen on the test labels). Writes
     ``out`` when given: a ``.json`` file, or a folder with ``anomaly.json`` and
-    ``scores.csv``. Returns the summary printed by ``transferkit anomaly --json``.
+    ``scores.csv``; an existing result there is replaced only with ``overwrite``, and ``out``
+    may not lie in the input folders (see :mod:`transferkit.outputs`). Returns the summary
+    printed by ``transferkit anomaly --json``.
     """
     import json
 
@@ -304,6 +384,8 @@ def anomaly(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.Pa
     test_paths = [p for _, files in groups for p in files]
     test_groups = [name for name, files in groups for _ in files]
     truth_all = np.array([name not in normal_names for name in test_groups], dtype=bool)
+    if out is not None:
+        _prepare_anomaly_output(out, (normal, test), overwrite)
 
     with warnings.catch_warnings():
         # Skipped images are reported once, in the summary, not as a warning per call.
@@ -359,7 +441,8 @@ def anomaly(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.Pa
         result["files"] = {key: str(path) for key, path in files.items()}
         result["seconds"] = time.perf_counter() - start
         files["json"].parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(files["json"], json.dumps(result, indent=2).encode("utf-8"))
+        atomic_write_bytes(files["json"], json.dumps({**result, **ANOMALY_FILE_MARK},
+                                                     indent=2).encode("utf-8"))
         if "csv" in files:
             import csv
             import io

@@ -130,8 +130,12 @@ def _finish(name: str, arch: str, model: "nn.Module", source: str) -> Backbone:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
-    """Load a state dict safely: safetensors, or torch with ``weights_only=True``."""
+    """Load a state dict safely: safetensors, or a torch file through
+    :func:`transferkit.train.checkpoint.torch_load` (``weights_only=True``: a pickle that
+    would run code is refused, never executed)."""
     import torch
+
+    from transferkit.train.checkpoint import describe_load_error, torch_load
 
     path = Path(path)
     if not path.is_file():
@@ -142,10 +146,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, "torch.Tensor"]:
 
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load(path)
     except Exception as exc:  # any parse error: the file is not a usable checkpoint
         raise BackboneError(
-            f"{path}: cannot read as a weights file ({type(exc).__name__}: {exc}). Give a "
+            f"{path}: cannot read as a weights file ({describe_load_error(exc)}). Give a "
             ".safetensors file or a PyTorch state dict saved with torch.save(model.state_dict())."
         ) from exc
     # Training scripts often wrap the state dict: {"state_dict": ...} / {"model": ...}.

@@ -63,13 +63,16 @@ def _is_visible(path: Path) -> bool:
 
 
 def list_image_files(folder: Path, recursive: bool = True) -> list[Path]:
-    """Every visible file under ``folder`` (sorted), whatever its suffix.
+    """Every visible entry under ``folder`` that is not a folder (sorted), whatever its
+    suffix or kind.
 
-    Non-image suffixes are kept on purpose: the decoder reports them as skipped, so a
-    user sees that ``notes.txt`` sat among the images instead of it vanishing silently.
+    Non-image suffixes, FIFOs, devices and broken or looping symbolic links are kept on
+    purpose: the decoder reports each as skipped with its reason, so a user sees that
+    ``notes.txt`` sat among the images instead of it vanishing silently. ``**`` does not
+    follow links to folders, so a link back to a parent folder does not loop.
     """
     pattern = "**/*" if recursive else "*"
-    files = [p for p in folder.glob(pattern) if p.is_file() and _is_visible(p)
+    files = [p for p in folder.glob(pattern) if not p.is_dir() and _is_visible(p)
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(files)
 
@@ -110,21 +113,48 @@ def read_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     return LabelledImages(paths, np.asarray(labels, dtype=int), list(classes))
 
 
+def _read_csv_table(csv_path: Path) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
+    """The header (None if the file is empty) and the non-blank rows of a UTF-8 CSV, each
+    with its line number."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = [(reader.line_num, fields) for fields in reader
+                    if any(field.strip() for field in fields)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{csv_path}: not a UTF-8 text CSV file ({exc}).") from exc
+    except csv.Error as exc:
+        raise DataError(f"{csv_path}: not a readable CSV file ({exc}).") from exc
+    return header, rows
+
+
+def _refuse_ragged_rows(csv_path: Path, header: list[str],
+                        rows: list[tuple[int, list[str]]]) -> None:
+    # A row with an extra field (an unquoted comma in a label) would be cut short or
+    # shifted into the wrong column without a word, so it is refused instead.
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise DataError(
+                f"{csv_path}: line {line} has {len(fields)} field{'s' * (len(fields) != 1)} "
+                f"but the header has {len(header)} ({', '.join(header)}); quote a value that "
+                "holds a comma, e.g. \"Smith, John\"."
+            )
+
+
 def read_csv(csv_path: str | os.PathLike, classes: list[str] | None = None) -> LabelledImages:
     """Read a CSV with columns ``path`` and ``label`` (header required)."""
     csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
-                raise DataError(
-                    f"{csv_path}: the CSV needs a header with the columns 'path' and 'label' "
-                    f"(found {reader.fieldnames})."
-                )
-            rows = [(row["path"], row["label"]) for row in reader]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not a UTF-8 text CSV file ({exc}).") from exc
-    rows = [(p.strip(), str(label).strip()) for p, label in rows if p and p.strip()]
+    header, table = _read_csv_table(csv_path)
+    if header is None or not {"path", "label"} <= set(header):
+        raise DataError(
+            f"{csv_path}: the CSV needs a header with the columns 'path' and 'label' "
+            f"(found {header})."
+        )
+    _refuse_ragged_rows(csv_path, header, table)
+    records = [dict(zip(header, fields)) for _, fields in table]
+    rows = [(record["path"].strip(), record["label"].strip()) for record in records
+            if record["path"].strip()]
     if not rows:
         raise DataError(f"{csv_path}: the CSV lists no images.")
     missing_label = [p for p, label in rows if not label]
@@ -137,6 +167,13 @@ def read_csv(csv_path: str | os.PathLike, classes: list[str] | None = None) -> L
         raise DataError(f"{csv_path}: labels {unknown} do not exist in the training data.")
     base = csv_path.parent
     paths = [Path(p) if Path(p).is_absolute() else base / p for p, _ in rows]
+    # lexists: a broken link is there, and the decoder reports it as one.
+    if not any(os.path.lexists(path) for path in paths):
+        examples = ", ".join(p for p, _ in rows[:3])
+        raise DataError(
+            f"{csv_path}: none of the {len(paths)} files it lists exist (e.g. {examples}); "
+            f"relative paths are resolved against the CSV's folder {base.resolve()}."
+        )
     labels = np.asarray([classes.index(label) for _, label in rows], dtype=int)
     return LabelledImages(paths, labels, list(classes))
 
@@ -226,7 +263,7 @@ def collect_images(inputs) -> list[Path]:
         item = Path(item)
         if item.is_dir():
             paths.extend(list_image_files(item))
-        elif item.is_file():
+        elif os.path.lexists(item):  # a FIFO or a broken link is reported by the decoder
             paths.append(item)
         else:
             raise DataError(f"{item}: no such file or folder.")
@@ -264,16 +301,13 @@ def read_multitask_csv(csv_path: str | os.PathLike, tasks: list[str] | None = No
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: no such CSV file.")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            raw = [{(k or "").strip(): (v or "") for k, v in row.items()} for row in reader]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not a UTF-8 text CSV file ({exc}).") from exc
+    header, table = _read_csv_table(csv_path)
+    columns = [c.strip() for c in (header or [])]
     if "path" not in columns:
         raise DataError(f"{csv_path}: the CSV needs a header with a 'path' column and one label "
                         f"column per task, e.g. path,digit,high (found {columns}).")
+    _refuse_ragged_rows(csv_path, columns, table)
+    raw = [dict(zip(columns, fields)) for _, fields in table]
     available = [c for c in columns if c != "path"]
     if tasks is None:
         tasks = available

@@ -7,9 +7,13 @@ upright orientation, so every path into the networks goes through :func:`load_im
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import stat
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,8 +27,92 @@ IMAGE_SUFFIXES = {
     ".ppm", ".pgm", ".pbm", ".pnm", ".jfif", ".ico", ".tga",
 }
 
-# Refuse decompression bombs with a clear error instead of PIL's warning-then-error.
+# The largest image decoded when PIL's own limit (Image.MAX_IMAGE_PIXELS) is switched off.
 _MAX_PIXELS = 20_000 * 20_000
+
+_SPECIAL_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> ImageDecodeError:
+    kind = next((name for test, name in _SPECIAL_FILE_KINDS if test(mode)), "special file")
+    return ImageDecodeError(f"{path}: not a regular file ({kind})")
+
+
+def _unopenable(path: Path, exc: OSError) -> ImageDecodeError:
+    if exc.errno == errno.ELOOP:
+        return ImageDecodeError(f"{path}: symbolic link loop")
+    if isinstance(exc, FileNotFoundError) and os.path.islink(path):
+        return ImageDecodeError(f"{path}: broken symbolic link (its target "
+                                f"{os.readlink(path)} does not exist)")
+    if isinstance(exc, FileNotFoundError):
+        return ImageDecodeError(f"{path}: file not found")
+    return ImageDecodeError(f"{path}: cannot read file ({exc.strerror or exc})")
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """Open ``path`` for binary reading if it is a regular file (links followed).
+
+    Reading a FIFO or a device such as ``/dev/zero`` never ends, so anything else is
+    refused with :class:`ImageDecodeError` naming what it is (FIFO, character device,
+    broken symbolic link, symbolic link loop...).
+    """
+    path = Path(path)
+    try:
+        # Checked before opening too: opening a FIFO waits for a writer, and opening a
+        # device can have side effects.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        # O_NONBLOCK: if the file was swapped for a FIFO since the check, open must not
+        # wait; fstat then sees what was really opened. It changes nothing for regular files.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise _unopenable(path, exc) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _pixel_limit() -> int:
+    limit = Image.MAX_IMAGE_PIXELS
+    return _MAX_PIXELS if limit is None else min(int(limit), _MAX_PIXELS)
+
+
+def _declared_size(handle: BinaryIO) -> tuple[int, int] | None:
+    """The size a file's header declares, read by PIL's format plugins without the
+    decompression-bomb check (whose error hides the size)."""
+    handle.seek(0)
+    prefix = handle.read(16)
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        try:
+            accepted = accept(prefix) if accept else True
+            if accepted and not isinstance(accepted, str):  # a str: "maybe", as PIL reads it
+                handle.seek(0)
+                return tuple(factory(handle, "").size)
+        except Exception:  # noqa: BLE001 - whatever a plugin raises, the file is not its format
+            continue
+    return None
+
+
+def _bomb(path: Path, size: tuple[int, int] | None, detail: str = "") -> ImageDecodeError:
+    if size is not None:
+        declared = f"{size[0]}x{size[1]} pixels"
+    else:
+        count = re.search(r"\((\d+) pixels\)", detail)
+        declared = f"{count.group(1)} pixels" if count else "the declared size"
+    return ImageDecodeError(f"{path}: decompression bomb: {declared} exceeds the limit of "
+                            f"{_pixel_limit()} pixels (raise PIL.Image.MAX_IMAGE_PIXELS to "
+                            "decode larger images)")
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -64,17 +152,22 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image.
 
     Raises :class:`ImageDecodeError` (never a bare PIL/OS error) when the file is
-    missing, truncated, corrupt or not an image.
+    missing, not a regular file, truncated, corrupt, not an image or a decompression bomb.
     """
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
-                if opened.width * opened.height > _MAX_PIXELS:
-                    raise ImageDecodeError(
-                        f"{path}: {opened.width}x{opened.height} pixels is too large to decode"
-                    )
+        with open_regular_file(path) as handle:
+            try:
+                with warnings.catch_warnings():
+                    # The size check below names the size; PIL's warning does not.
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    opened = Image.open(handle)
+            except Image.DecompressionBombError as exc:
+                raise _bomb(path, _declared_size(handle), str(exc)) from exc
+            with opened, warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                if opened.width * opened.height > _pixel_limit():
+                    raise _bomb(path, opened.size)
                 # For animated GIF/TIFF the first frame is the image.
                 opened.seek(0)
                 opened.load()
@@ -82,12 +175,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 return to_rgb(upright).copy()
     except ImageDecodeError:
         raise
-    except FileNotFoundError as exc:
-        raise ImageDecodeError(f"{path}: file not found") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(path, None, str(exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{path}: not an image file PIL can read") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"{path}: corrupt or truncated image ({exc})") from exc
 
 

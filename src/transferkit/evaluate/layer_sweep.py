@@ -107,15 +107,20 @@ def layer_sweep(paths, labels, backbone: str = "efficientnet_lite0", weights=Non
                        len(result.skipped), result.seconds)
 
 
-def write_sweep(result: SweepResult, out: str | os.PathLike, title: str = "") -> dict[str, str]:
-    """``layers.csv``, ``layers.json`` and ``layers.png`` (accuracy vs depth) in ``out``."""
+def write_sweep(result: SweepResult, out: str | os.PathLike, title: str = "",
+                overwrite: bool = False) -> dict[str, str]:
+    """``layers.csv``, ``layers.json`` and ``layers.png`` (accuracy vs depth) in ``out``,
+    which must be new, empty or written by transferkit; a finished sweep there is replaced
+    only with ``overwrite`` (see :mod:`transferkit.outputs`)."""
     import matplotlib
+
+    from transferkit.outputs import prepare_output_folder
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    prepare_output_folder(out, command="layers", overwrite=overwrite)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "layers.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(result.rows[0])))
         writer.writeheader()

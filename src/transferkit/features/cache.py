@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit.errors import CacheError
+from transferkit.data.images import open_regular_file
+from transferkit.errors import CacheError, DataError
 
 CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
 
@@ -37,8 +38,10 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None) -> Path:
 
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a regular file's bytes; anything else (a FIFO, ``/dev/zero``) would never
+    end, so it raises :class:`~transferkit.errors.ImageDecodeError` saying what it is."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -90,8 +93,11 @@ class FeatureCache:
         if not path.exists():
             return None
         try:
-            vector = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
+            with open_regular_file(path) as handle:
+                vector = np.load(handle, allow_pickle=False)
+        # An entry is only a shortcut: whatever is wrong with it (empty, truncated, a header
+        # declaring a huge array, not a regular file), the vector is recomputed.
+        except (OSError, ValueError, EOFError, MemoryError, DataError) as exc:
             self.n_invalid += 1
             warnings.warn(f"feature cache entry {path} is unreadable ({exc}); recomputing it.")
             return None

@@ -294,6 +294,9 @@ class FrozenExtractor:
         for i, path in enumerate(paths):
             try:
                 keys[i] = file_digest(path)
+            except ImageDecodeError as exc:  # a FIFO, a device, a broken link...
+                reasons[i] = str(exc)
+                continue
             except OSError as exc:
                 reasons[i] = f"{path}: cannot read file ({exc.strerror or exc})"
                 continue

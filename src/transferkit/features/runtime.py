@@ -69,13 +69,19 @@ class OnnxRuntime:
         import onnxruntime
 
         self.onnx_path = Path(onnx_path)
-        if not self.onnx_path.exists():
-            export_onnx(module, input_shape, self.onnx_path)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or cpu_threads()
         options.log_severity_level = 3
-        self.session = onnxruntime.InferenceSession(str(self.onnx_path), options,
-                                                    providers=["CPUExecutionProvider"])
+        self.session = None
+        if self.onnx_path.exists():
+            try:
+                self.session = open_onnx_session(self.onnx_path, options)
+            except Exception as exc:  # damaged or replaced: the cache's file, so redo it
+                log.warning("cached ONNX model %s is unusable (%s); exporting it again.",
+                            self.onnx_path, _first_line(exc))
+        if self.session is None:
+            export_onnx(module, input_shape, self.onnx_path)
+            self.session = open_onnx_session(self.onnx_path, options)
         self.input_name = self.session.get_inputs()[0].name
         self.n_batches = 0
 
@@ -83,6 +89,30 @@ class OnnxRuntime:
         self.n_batches += 1
         array = images.detach().cpu().numpy().astype(np.float32, copy=False)
         return self.session.run(None, {self.input_name: array})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else 'no details'}"
+
+
+def open_onnx_session(path: Path, options):
+    """An ONNX Runtime session over the model file ``path`` (one ``export_onnx`` wrote).
+
+    An ONNX file is a graph of standard operators: loading it runs no Python. What it
+    could still do is name external data files, which ONNX Runtime would read from
+    wherever they point; our exports never have any, so a file that does is refused.
+    The model goes to ONNX Runtime as the bytes just checked, not by name.
+    """
+    import onnx
+    import onnxruntime
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    data = Path(path).read_bytes()
+    model = onnx.load_model_from_string(data)
+    if any(uses_external_data(tensor) for tensor in _get_all_tensors(model)):
+        raise ValueError(f"{path} refers to external data files, which transferkit never writes")
+    return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path) -> None:
@@ -136,6 +166,10 @@ def make_runtime(module: nn.Module, input_shape: tuple[int, int, int], runtime: 
         return fast
     except Exception as exc:  # any exporter/runtime failure: eager is always correct
         if runtime == "onnx":
-            raise
+            from transferkit.errors import TransferkitError
+
+            raise TransferkitError(f"runtime 'onnx' is not usable for this network "
+                                   f"({_first_line(exc)}); use "
+                                   "runtime 'auto' or 'eager'.") from exc
         log.warning("ONNX Runtime path unavailable (%s); using eager PyTorch.", exc)
         return eager

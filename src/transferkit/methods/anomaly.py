@@ -148,6 +148,11 @@ class AnomalyDetector(FrozenFeaturesMixin, BaseEstimator):
 
     @staticmethod
     def _check_features(features, what: str) -> np.ndarray:
+        from scipy import sparse
+
+        if sparse.issparse(features):
+            raise DataError(f"{what} must be a dense array, got a sparse "
+                            f"{type(features).__name__}; convert it with .toarray().")
         try:
             features = np.asarray(features, dtype=np.float64)
         except (TypeError, ValueError) as exc:

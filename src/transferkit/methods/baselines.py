@@ -12,16 +12,23 @@ source, ``Xt`` the target, ``yt`` optional target labels with ``-1`` marking unl
 rows, scikit-learn's semi-supervised convention), then ``predict`` / ``predict_proba`` /
 ``score`` on *target* features. The classifier is ``estimator`` (default: standardise +
 ``LogisticRegression(max_iter=2000)``), cloned and fitted on the adapted source.
+
+In a scikit-learn ``Pipeline`` or ``GridSearchCV`` the target travels as a fit parameter:
+``search.fit(X, y, Xt=Xt)`` and ``pipe.fit(X, y, coral__Xt=Xt)`` (``<step>__Xt``), or,
+with metadata routing enabled, ``pipe.fit(X, y, Xt=Xt)``: ``Xt``/``yt`` are requested by
+default, no ``set_fit_request`` needed. See :class:`DomainAdaptationClassifier`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from transferkit.errors import DataError
 
@@ -34,28 +41,77 @@ def default_estimator(random_state=None):
                          LogisticRegression(max_iter=2000, random_state=random_state))
 
 
+def _as_data_error(check, *args, **kwargs):
+    """Run a scikit-learn validator; its (standard) message becomes a :class:`DataError`.
+
+    TypeErrors (an array of dicts, say) stay TypeErrors, as scikit-learn's contract has it.
+    """
+    try:
+        return check(*args, **kwargs)
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(str(exc)) from exc
+
+
+def _refuse_sparse(X, name: str) -> None:
+    # scikit-learn refuses sparse input with a TypeError; here it is a DataError (a
+    # ValueError) with scikit-learn's wording, so both its checks and the CLI accept it.
+    if sparse.issparse(X):
+        raise DataError(f"Sparse data was passed for {name}, but dense data is required; "
+                        f"convert the {type(X).__name__} with .toarray().")
+
+
+def check_features(X, name: str = "X") -> np.ndarray:
+    """A dense, finite, non-empty 2-D float matrix (sparse input is refused by name)."""
+    _refuse_sparse(X, name)
+    return _as_data_error(check_array, X, dtype=np.float64, input_name=name)
+
+
+def validate_features(estimator, X, reset: bool) -> np.ndarray:
+    """:func:`check_features` that also records / checks ``estimator.n_features_in_``."""
+    _refuse_sparse(X, "X")
+    return _as_data_error(validate_data, estimator, X, reset=reset, dtype=np.float64)
+
+
+def validate_labelled(estimator, X, y, what: str = "source"):
+    """Features ``X`` (recording ``n_features_in_``) and their class labels ``y`` (1-D)."""
+    X = validate_features(estimator, X, reset=True)
+    if y is None:
+        # scikit-learn's wording, which its tools (and estimator checks) recognise.
+        raise DataError(f"{type(estimator).__name__} requires y to be passed, but the "
+                        "target y is None.")
+    y = _as_data_error(column_or_1d, y, warn=True)
+    if len(y) != len(X):
+        raise DataError(f"{len(X)} {what} rows but {len(y)} labels; give one label per row.")
+    _as_data_error(check_classification_targets, y)
+    return X, y
+
+
 def check_domains(X, y, Xt, yt=None):
     """Validate source ``X, y`` and target ``Xt`` (same width); ``yt`` aligned with ``Xt``."""
-    X = np.asarray(X, dtype=np.float64)
-    Xt = np.asarray(Xt, dtype=np.float64)
-    if X.ndim != 2 or Xt.ndim != 2:
-        raise DataError(f"source and target features must be 2-D matrices, got shapes "
-                        f"{X.shape} and {Xt.shape}.")
+    X = check_features(X, "X")
+    Xt = check_features(Xt, "Xt")
     if X.shape[1] != Xt.shape[1]:
         raise DataError(f"source features have {X.shape[1]} columns but target features "
                         f"{Xt.shape[1]}; extract both domains with the same backbone and layer.")
-    if not (np.isfinite(X).all() and np.isfinite(Xt).all()):
-        raise DataError("features contain NaN or infinity.")
     if y is not None:
-        y = np.asarray(y)
+        y = _as_data_error(column_or_1d, y, warn=True)
         if len(y) != len(X):
-            raise DataError(f"{len(X)} source rows but {len(y)} source labels.")
-    if yt is not None:
-        yt = np.asarray(yt)
-        if len(yt) != len(Xt):
-            raise DataError(f"{len(Xt)} target rows but {len(yt)} target labels; give one "
-                            f"label per target row, {UNLABELLED} for the unlabelled ones.")
+            raise DataError(f"{len(X)} source rows but {len(y)} labels; give one label per row.")
+    yt = check_target_labels(Xt, yt)
     return X, y, Xt, yt
+
+
+def check_target_labels(Xt: np.ndarray, yt):
+    """``yt`` as a 1-D array with one label (or ``-1``) per target row, or None."""
+    if yt is None:
+        return None
+    yt = _as_data_error(column_or_1d, yt, warn=True)
+    if len(yt) != len(Xt):
+        raise DataError(f"{len(Xt)} target rows but {len(yt)} target labels; give one "
+                        f"label per target row, {UNLABELLED} for the unlabelled ones.")
+    return yt
 
 
 def labelled_rows(yt) -> np.ndarray:
@@ -84,7 +140,32 @@ class DomainAdaptationClassifier(ClassifierMixin, BaseEstimator):
     sample_weight)`` in the space the classifier sees (a method may subsample the
     source), and ``_transform_target(Xt)`` mapping target features into that space
     (identity by default).
+
+    **The target in scikit-learn tools.** ``Xt`` (and ``yt``) are fit parameters, never
+    constructor arguments (an array among the hyper-parameters would break ``clone``):
+
+    * ``Pipeline``: ``pipe.fit(X, y, coral__Xt=Xt)``, the usual ``<step>__<param>``;
+    * ``GridSearchCV`` / ``cross_validate``: ``search.fit(X, y, Xt=Xt)`` (or
+      ``params={"Xt": Xt}``); each split trains on its source rows and scores on the
+      held-out *source* rows (source-risk model selection: no target label is used, and
+      it favours the setting that moves the source least, e.g. CORAL's largest λ, so
+      search over values that all adapt);
+    * with ``sklearn.set_config(enable_metadata_routing=True)`` the same calls work and
+      ``pipe.fit(X, y, Xt=Xt)`` reaches the step too: ``Xt`` and ``yt`` are requested by
+      default (no ``set_fit_request`` needed).
+
+    ``Xt`` reaches the domain-adaptation step as given: the steps before it in a
+    ``Pipeline`` transform ``X`` but not ``Xt``, so pass ``Xt`` in the space that step
+    sees (or keep learned preprocessing such as scaling inside ``estimator``). A
+    cross-validation splitter also slices every fit parameter as long as ``X``, so an
+    ``Xt`` with as many rows as ``X`` is subsampled like ``X`` in each split (the final
+    refit sees all of it). A method that needs ``Xt`` raises :class:`DataError` without it.
     """
+
+    # Requested by default so that Pipeline / GridSearchCV route the target to fit when
+    # metadata routing is enabled (scikit-learn would otherwise refuse to pass them).
+    __metadata_request__fit = {"Xt": True, "yt": True}
+    _needs_target = True
 
     def __init__(self, estimator=None, random_state=0):
         self.estimator = estimator
@@ -101,16 +182,30 @@ class DomainAdaptationClassifier(ClassifierMixin, BaseEstimator):
     def _transform_target(self, Xt):
         return Xt
 
-    def fit(self, X, y, Xt, yt=None):
+    def _missing_target(self) -> DataError:
+        name = type(self).__name__
+        return DataError(f"{name} adapts to the target domain and needs its features Xt: "
+                         f"call fit(X, y, Xt=...), in a Pipeline fit(X, y, <step>__Xt=...), "
+                         f"in GridSearchCV fit(X, y, Xt=...).")
+
+    def fit(self, X, y, Xt=None, yt=None):
         """Adapt source features ``X`` (labels ``y``) to target features ``Xt``; train.
 
         Labelled target rows (``yt != -1``), when given, join the training set after
         being mapped into the adapted space.
         """
-        X, y, Xt, yt = check_domains(X, y, Xt, yt)
-        if len(np.unique(y)) < 2:
-            raise DataError(f"the source needs at least two classes, got {list(np.unique(y))}.")
-        self.n_features_in_ = X.shape[1]
+        X, y = validate_labelled(self, X, y)
+        if Xt is None:
+            if self._needs_target:
+                raise self._missing_target()
+            Xt = X[:0]
+        else:
+            X, y, Xt, yt = check_domains(X, y, Xt, yt)
+        yt = check_target_labels(Xt, yt)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise DataError(f"the source has 1 class ({classes[0]!r}); a classifier needs "
+                            "labelled rows of at least two classes.")
         X_train, y_train, weight = self._adapt(X, y, Xt, yt)
         # The source as the classifier sees it (for domain distances after adaptation).
         self.adapted_source_ = X_train
@@ -127,29 +222,36 @@ class DomainAdaptationClassifier(ClassifierMixin, BaseEstimator):
     def transform_target(self, Xt) -> np.ndarray:
         """Target features in the space the classifier was trained in."""
         check_is_fitted(self, "estimator_")
-        return self._transform_target(np.asarray(Xt, dtype=np.float64))
+        return self._transform_target(validate_features(self, Xt, reset=False))
 
     def predict_proba(self, Xt) -> np.ndarray:
-        return self.estimator_.predict_proba(self.transform_target(Xt))
+        target = self.transform_target(Xt)  # checks it is fitted first
+        return self.estimator_.predict_proba(target)
 
     def predict(self, Xt) -> np.ndarray:
-        return self.estimator_.predict(self.transform_target(Xt))
+        target = self.transform_target(Xt)
+        return self.estimator_.predict(target)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
 
 
 class SourceOnly(DomainAdaptationClassifier):
     """No adaptation: the classifier is trained on the labelled source only.
 
     The lower bound of every domain-adaptation table (e.g. Ganin & Lempitsky 2015,
-    Table 1, "source only"). ``Xt`` is accepted for a uniform signature and ignored,
-    and so is ``yt``: source plus a few target labels is a different baseline.
+    Table 1, "source only"). ``Xt`` is optional (accepted for a uniform signature) and
+    ignored, and so is ``yt``: source plus a few target labels is a different baseline.
     """
+
+    _needs_target = False
 
     def _adapt(self, X, y, Xt, yt):
         return X, y, None
 
     def fit(self, X, y, Xt=None, yt=None):
-        X = np.asarray(X, dtype=np.float64)
-        Xt = X[:0] if Xt is None else Xt
         return super().fit(X, y, Xt, None)
 
 
@@ -160,15 +262,19 @@ class TargetOracle(DomainAdaptationClassifier):
     left out. Compare on held-out target rows, never on the ones it was trained on.
     """
 
-    def fit(self, X, y, Xt, yt=None):
-        if yt is None:
-            raise DataError("TargetOracle needs the target labels yt (it trains on the target).")
-        Xt = np.asarray(Xt, dtype=np.float64)
-        _, _, Xt, yt = check_domains(Xt[:0], None, Xt, yt)
+    def fit(self, X, y, Xt=None, yt=None):
+        if Xt is None or yt is None:
+            raise DataError("TargetOracle trains on the labelled target: give its features "
+                            "and labels, fit(X, y, Xt=..., yt=...).")
+        Xt = validate_features(self, Xt, reset=True)
+        yt = check_target_labels(Xt, yt)
         mask = labelled_rows(yt)
-        if len(np.unique(yt[mask])) < 2:
-            raise DataError("TargetOracle needs labelled target rows of at least two classes.")
-        self.n_features_in_ = Xt.shape[1]
+        _as_data_error(check_classification_targets, yt[mask])
+        classes = np.unique(yt[mask])
+        if len(classes) < 2:
+            raise DataError(f"TargetOracle's labelled target rows hold {len(classes)} "
+                            f"class{'es' if len(classes) != 1 else ''}; it needs at least two "
+                            "classes.")
         self.estimator_ = self._make_estimator().fit(Xt[mask], yt[mask])
         self.classes_ = self.estimator_.classes_
         return self

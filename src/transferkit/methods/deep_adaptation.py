@@ -34,7 +34,12 @@ INPUT_SIZE = 32
 def images_to_tensor(images) -> "torch.Tensor":
     """``(N, H, W[, 3])`` uint8 or [0, 1] floats → ``(N, 3, H, W)`` float32 in [-1, 1]."""
     import torch
+    from scipy import sparse
 
+    if sparse.issparse(images):
+        # np.asarray would wrap the matrix in a 0-d object array and fail on its shape.
+        raise DataError(f"images must be a dense (N, H, W) or (N, H, W, 3) array, got a sparse "
+                        f"{type(images).__name__}; convert it with .toarray() and reshape.")
     array = np.asarray(images)
     if array.ndim == 3:
         array = np.repeat(array[..., None], 3, axis=3)
@@ -350,7 +355,8 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         return self._forward(X)
 
     def predict(self, X) -> np.ndarray:
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        probabilities = self.predict_proba(X)  # raises NotFittedError before classes_ does
+        return self.classes_[probabilities.argmax(axis=1)]
 
     def transform(self, X) -> np.ndarray:
         """The learned features of images ``X`` (for A-distance / MMD before and after)."""

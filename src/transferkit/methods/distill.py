@@ -387,19 +387,33 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "DistilledStudent":
-        from safetensors.torch import load_file
+        from transferkit.bundle import (
+            CLASS_NAMES,
+            REDO_HINT,
+            check_classes,
+            check_config,
+            load_weights,
+            read_tensors,
+        )
 
-        path = Path(folder) / WEIGHTS_FILE
-        if not path.is_file():
-            raise BundleError(f"{folder}: {WEIGHTS_FILE} is missing.")
+        schema = {"student": "string", "image_size": "integer", "classes": CLASS_NAMES,
+                  "distilled?": "boolean", "history?": ["object"]}
+        check_config(folder, config, schema, cls, not_saved=("run_dir", "progress"))
         estimator = cls(**config["params"])
-        estimator.classes_ = np.asarray(config["classes"])
-        model = build_student(config["student"], len(estimator.classes_), estimator.dropout)
         try:
-            model.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{path} does not fit the {config['student']!r} student: "
-                              f"{str(exc).splitlines()[0]}") from exc
+            estimator._check_params()
+        except DataError as exc:
+            raise BundleError(f"{folder}/config.json: {exc} The file was edited. {REDO_HINT}") from exc
+        if config["student"] != estimator.student or config["image_size"] != estimator.image_size:
+            raise BundleError(f"{folder}/config.json: student and image_size disagree with its "
+                              f"params; the file was edited. {REDO_HINT}")
+        classes = config["classes"]
+        check_classes(folder, classes)  # their number is checked by the head's shape below
+        state = read_tensors(folder, WEIGHTS_FILE)
+        model = build_student(config["student"], len(classes), estimator.dropout)
+        load_weights(folder, WEIGHTS_FILE, model, state,
+                     f"the {config['student']!r} student for {len(classes)} classes")
+        estimator.classes_ = np.asarray(classes)
         estimator.model_ = model.eval()
         estimator.distilled_ = bool(config.get("distilled", True))
         estimator.history_ = config.get("history", [])
@@ -411,10 +425,6 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
     def load(cls, folder: str | os.PathLike) -> "DistilledStudent":
         """Load a student saved with :func:`transferkit.bundle.save_bundle` (safetensors
         weights + JSON; nothing is unpickled)."""
-        from transferkit.bundle import read_config
+        from transferkit.bundle import load_bundle
 
-        config = read_config(folder)
-        if config.get("method") != "distill":
-            raise BundleError(f"{folder} holds a {config.get('method')!r} model, not a "
-                              "distilled student.")
-        return cls._load_artifacts(Path(folder), config)
+        return load_bundle(folder, method="distill")

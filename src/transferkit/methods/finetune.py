@@ -28,7 +28,7 @@ from transferkit.train.groups import (
     layer_groups,
     set_trainable,
 )
-from transferkit.train.loop import TrainConfig, TrainConfigError, fit_loop
+from transferkit.train.loop import TrainConfig, TrainConfigError, check_device_and_precision, fit_loop
 
 STRATEGIES = ("gradual", "head", "last-k", "full")
 HEADS = ("linear", "mlp")
@@ -124,14 +124,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     ``rand-m9-mstd0.5`` when ``rand_augment``). When no ``X_val`` is given, a seeded
     stratified ``val_fraction`` of ``X`` serves for early stopping (``val_fraction=0``:
     no validation, no early stopping). Unreadable training images are skipped with a
-    warning (``skipped_``); ``predict`` raises :class:`DataError` on them.
+    warning (``skipped_`` lists those of ``X``, never those of ``X_val``); ``predict``
+    raises :class:`DataError` on them.
     ``run_dir`` keeps checkpoints, ``metrics.csv`` and ``learning_curves.png``; fitting
-    again with the same ``run_dir`` resumes an interrupted run.
-    ``precision="fp32"`` by default. On this project's CPU (AMD EPYC with avx512_bf16)
-    a bf16-autocast training step of Lite0 measured 1.1–1.4× faster than fp32 and bf16
-    inference agreed with fp32 on hymenoptera (``benchmarks/RESULTS_finetune.md``), but
-    the accuracy of whole bf16 training runs is not measured yet, so bf16 is opt-in
-    (``precision="bf16"``, ``--precision bf16``); ``"fp16"`` needs a GPU.
+    again with the same ``run_dir`` resumes an interrupted run, and refuses
+    (:class:`~transferkit.train.loop.RunMismatchError`) when the settings, the images'
+    content, the labels or the class names differ from the run found there.
+    ``precision="fp32"`` by default: the accuracy of whole bf16 training runs is not
+    measured yet, so bf16 autocast is opt-in (``precision="bf16"``, ``--precision bf16``);
+    ``"fp16"`` needs a GPU. Step times and bf16 inference agreement measured so far:
+    ``benchmarks/RESULTS_finetune.md``, sections ``finetune`` and ``flowers``.
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
@@ -196,6 +198,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             bad(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}.")
         if self.image_size is not None and int(self.image_size) < 16:
             bad(f"image_size must be at least 16 pixels, got {self.image_size!r}.")
+        check_device_and_precision(self.device, self.precision)
 
     def _check_fitted(self) -> None:
         if getattr(self, "model_", None) is None:
@@ -291,6 +294,16 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                                       self.batch_size, shuffle=False, num_workers=self.num_workers)
         skipped: set[str] = set()
         step_fn = classification_step(self.label_smoothing, skipped)
+        data_digest = settings = None
+        if self.run_dir is not None:
+            from transferkit.train.checkpoint import data_fingerprint
+
+            # Hashed once for all stages; the class names are what the integer labels mean.
+            data_digest = data_fingerprint(train_loader, val_loader,
+                                           extra={"classes": [_json_label(c) for c in classes]})
+            settings = {"backbone": backbone.identity(), "head": self.head, "dropout": self.dropout,
+                        "label_smoothing": self.label_smoothing, "rand_augment": self.rand_augment,
+                        "strategy": self.strategy, "k": int(self.k), "epochs": int(self.epochs)}
 
         history: list[dict] = []
         best_epoch, stopped_early = None, False
@@ -307,7 +320,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                                                        self.weight_decay)
             stage_dir = Path(self.run_dir) / f"stage-{stage}-{name}" if self.run_dir else None
             result = fit_loop(model, param_groups, train_loader, val_loader, step_fn,
-                              self._train_config(epochs, patience, stage, name), stage_dir)
+                              self._train_config(epochs, patience, stage, name), stage_dir,
+                              data_digest=data_digest, settings=settings)
             model = result.model
             offset = len(history)
             for row in result.history:
@@ -343,10 +357,18 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.validation_ = "given" if X_val is not None else (
             f"stratified split: {self.val_fraction:.0%} of each class, seed {self.random_state}"
             if val_loader is not None else "none")
-        self.skipped_ = [(path, _unreadable(path)) for path in sorted(skipped)]
-        if skipped:
-            warnings.warn(f"skipped {len(skipped)} unreadable image(s): {', '.join(sorted(skipped))}",
-                          stacklevel=2)
+        # The validation loader reports its unreadable files too; only those of X are
+        # training skips (a caller scores X_val itself and reports its skips).
+        given = set(paths) | {str(Path(p)) for p in paths}
+        training_skips = sorted(p for p in skipped if p in given)
+        validation_skips = sorted(p for p in skipped if p not in given)
+        self.skipped_ = [(path, _unreadable(path)) for path in training_skips]
+        if training_skips:
+            warnings.warn(f"skipped {len(training_skips)} unreadable image(s): "
+                          f"{', '.join(training_skips)}", stacklevel=2)
+        if validation_skips:
+            warnings.warn(f"skipped {len(validation_skips)} unreadable validation image(s): "
+                          f"{', '.join(validation_skips)}", stacklevel=2)
         if self.run_dir is not None:
             self._write_run_reports(Path(self.run_dir))
         return self
@@ -456,32 +478,62 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "FineTuner":
         import timm
-        from safetensors.torch import load_file
 
-        path = Path(folder) / WEIGHTS_FILE
-        if not path.is_file():
-            raise BundleError(f"{folder}: {WEIGHTS_FILE} is missing.")
-        estimator = cls(**config["params"])
-        classes = np.asarray(config["classes"])
-        head = config["head"]
+        from transferkit.bundle import (
+            BACKBONE_IDENTITY,
+            CLASS_NAMES,
+            REDO_HINT,
+            check_classes,
+            check_config,
+            check_width,
+            load_weights,
+            read_tensors,
+        )
+
+        # config.json as _save_artifacts writes it (data_config goes to timm as keywords).
+        schema = {
+            "classes": CLASS_NAMES, "arch": "string", "strategy?": "string",
+            "head": {"kind": "string", "hidden": "integer|null", "dropout": "number",
+                     "module": "string", "n_features": "integer"},
+            "data_config": {"input_size": ["integer"], "interpolation": "string",
+                            "mean": ["number"], "std": ["number"], "crop_pct?": "number",
+                            "crop_mode?": "string"},
+            "backbone": BACKBONE_IDENTITY,
+            "training?": {"best_epoch?": "integer|null", "epochs_run?": "integer",
+                          "stopped_early?": "boolean", "validation?": "string|null",
+                          "groups?": ["object"], "history?": ["object"]},
+        }
+        check_config(folder, config, schema, cls, not_saved=("run_dir", "progress", "num_workers"))
+        classes, head, arch = config["classes"], config["head"], config["arch"]
+        # Only timm's own registry: "hf-hub:" names would fetch a config from the internet.
+        if not timm.is_model(arch):
+            raise BundleError(f"{folder}/config.json: arch {arch!r} is not a timm architecture; "
+                              f"the file was edited or comes from a newer timm. {REDO_HINT}")
+        if head["kind"] not in HEADS:
+            raise BundleError(f"{folder}/config.json: head kind {head['kind']!r} is not one of "
+                              f"{', '.join(HEADS)}; the file was edited. {REDO_HINT}")
+        state = read_tensors(folder, WEIGHTS_FILE)
         # The fine-tuned weights are all in the bundle: build the bare architecture, no
         # pretrained download or bundled-weights package needed.
-        model = timm.create_model(config["arch"], pretrained=False, num_classes=len(classes))
-        install_head(model, head["kind"], len(classes), head["dropout"])
-        try:
-            model.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{path} does not fit {config['arch']!r} with a {head['kind']} head: "
-                              f"{str(exc).splitlines()[0]}") from exc
+        model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
+        module = install_head(model, head["kind"], len(classes), head["dropout"])
+        if head["module"] != module:
+            raise BundleError(f"{folder}/config.json: head module {head['module']!r} is not "
+                              f"{arch}'s classifier {module!r}; the file was edited. {REDO_HINT}")
+        check_width(folder, head["n_features"], int(model.num_features), f"the {arch} head")
+        check_classes(folder, classes)  # their number is checked by the head's shape below
+        load_weights(folder, WEIGHTS_FILE, model, state,
+                     f"a {arch} with a {head['kind']} head for {len(classes)} classes")
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         training = config.get("training", {})
+        estimator = cls(**config["params"])
         estimator.model_ = model.eval()
-        estimator.classes_ = classes
+        estimator.classes_ = np.asarray(classes)
         estimator.data_config_ = config["data_config"]
         estimator.backbone_identity_ = config["backbone"]
-        estimator.arch_ = config["arch"]
-        estimator.classifier_name_ = head["module"]
+        estimator.arch_ = arch
+        estimator.classifier_name_ = module
         estimator.n_features_ = head["n_features"]
         estimator.history_ = training.get("history", [])
         estimator.best_epoch_ = training.get("best_epoch")

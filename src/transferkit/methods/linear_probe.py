@@ -20,15 +20,42 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
-from transferkit.bundle import register_method
+from transferkit.bundle import (
+    BACKBONE_IDENTITY,
+    CLASS_NAMES,
+    REDO_HINT,
+    check_classes,
+    check_config,
+    check_width,
+    first_line,
+    register_method,
+)
 from transferkit.errors import BundleError, DataError
 from transferkit.features.extract import FrozenFeaturesMixin, _as_paths
 from transferkit.methods.classifiers import make_probe_pipeline
 
 SKOPS_FILE = "classifier.skops"
-# What a bundle's classifier file may contain; anything else is refused on load.
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.",
-                     "transferkit.features.fne.FullNetworkEmbedding")
+# The exact types beyond skops' own safe defaults that the pipelines of
+# make_probe_pipeline hold once fitted (every classifier, embedding, normalisation and PCA
+# option); a classifier file with any other type is refused before anything is built.
+# Never a module prefix: skops calls a trusted callable with arguments stored in the
+# file, so trusting "builtins." trusts exec. tests/security/test_model_loading.py
+# derives this list from every pipeline fit can produce, so it cannot drift.
+TRUSTED_SKOPS_TYPES = (
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._classification.balanced_accuracy_score",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64",
+    "sklearn.metrics._scorer._Scorer",
+    "sklearn.model_selection._split.StratifiedKFold",
+    "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "transferkit.features.fne.FullNetworkEmbedding",
+)
+# config.json as _save_artifacts writes it; params leave out the machine-local options.
+_CONFIG_SCHEMA = {"classes": CLASS_NAMES, "n_features": "integer", "layers": ["string"],
+                  "backbone": (BACKBONE_IDENTITY, [BACKBONE_IDENTITY])}
+_NOT_SAVED = ("cache_dir", "progress", "num_workers")
 
 
 def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
@@ -151,26 +178,67 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
 
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "LinearProbe":
-        import skops.io
-
-        path = Path(folder) / SKOPS_FILE
-        if not path.is_file():
-            raise BundleError(f"{folder}: {SKOPS_FILE} is missing.")
-        untrusted = skops.io.get_untrusted_types(file=path)
-        refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
-        if refused:
-            raise BundleError(f"{path} holds types transferkit does not load: {refused}.")
+        check_config(folder, config, _CONFIG_SCHEMA, cls, _NOT_SAVED)
+        classifier = load_classifier(Path(folder) / SKOPS_FILE)
+        check_classes(folder, config["classes"], len(classifier.classes_), SKOPS_FILE)
+        check_width(folder, config["n_features"], int(classifier.n_features_in_), SKOPS_FILE)
         estimator = cls(**config["params"])
-        estimator.classifier_ = skops.io.load(path, trusted=untrusted)
+        estimator.classifier_ = classifier
         estimator.classes_ = np.asarray(config["classes"])
-        estimator.n_features_in_ = int(config["n_features"])
+        estimator.n_features_in_ = config["n_features"]
         saved = config["backbone"] if isinstance(config["backbone"], list) else [config["backbone"]]
-        here = estimator._extractor().identity()["backbone"]
+        extractor = estimator._extractor()
+        here = extractor.identity()["backbone"]
         here = here if isinstance(here, list) else [here]
+        if len(saved) != len(here):
+            raise BundleError(f"{folder}/config.json lists {len(saved)} backbone(s) but its "
+                              f"params name {len(here)}; the file was edited. {REDO_HINT}")
         for old, new in zip(saved, here):
             if old["weights_digest"] != new["weights_digest"]:
                 raise BundleError(
                     f"{folder} was trained on backbone weights {old['weights_digest']} but "
                     f"{old['name']} here has weights {new['weights_digest']}; its classifier "
                     "would see different features. Install the same weights or re-run fit.")
+        check_width(folder, config["n_features"], int(extractor.dim), "the backbone's layers")
         return estimator
+
+
+def load_classifier(path: Path):
+    """The scikit-learn pipeline in a bundle's skops file, refusing any type not in
+    :data:`TRUSTED_SKOPS_TYPES` before anything in the file is built or called."""
+    import zipfile
+
+    import skops.io
+    from sklearn.pipeline import Pipeline
+
+    if not path.is_file():
+        raise BundleError(f"{path.parent}: {SKOPS_FILE} is missing. {REDO_HINT}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(member.file_size for member in archive.infolist())
+        # skops stores its members uncompressed: a far larger unpacked size is a zip bomb.
+        if unpacked > 64 * path.stat().st_size + 2**24:
+            raise BundleError(f"{path} would unpack to {unpacked / 2**20:.0f} MiB from "
+                              f"{path.stat().st_size / 2**20:.1f} MiB, which no classifier "
+                              f"transferkit writes does; refusing it. {REDO_HINT}")
+        untrusted = skops.io.get_untrusted_types(file=path)
+    except BundleError:
+        raise
+    except Exception as exc:  # not a zip, no schema.json, a malformed node...
+        raise BundleError(f"{path}: not a readable skops file ({type(exc).__name__}: "
+                          f"{first_line(exc)}). {REDO_HINT}") from exc
+    refused = sorted(set(untrusted) - set(TRUSTED_SKOPS_TYPES))
+    if refused:
+        named = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        raise BundleError(f"{path} holds {named}, which transferkit never writes; refusing to "
+                          "load it, as it could run code. Use a model folder from a source you "
+                          "trust, or re-run `transferkit fit`.")
+    try:
+        classifier = skops.io.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
+    except Exception as exc:
+        raise BundleError(f"{path}: cannot rebuild the classifier ({type(exc).__name__}: "
+                          f"{first_line(exc)}). {REDO_HINT}") from exc
+    if not isinstance(classifier, Pipeline) or not hasattr(classifier, "predict_proba"):
+        raise BundleError(f"{path} holds a {type(classifier).__name__}, not the classifier "
+                          f"pipeline transferkit writes. {REDO_HINT}")
+    return classifier

@@ -25,8 +25,8 @@ n_classes_t)``. This is what makes it cheap: minutes on a CPU. The loss of a bat
   images ``L_t → 0`` and the weights grow without bound if ``s_t`` may move fast. At the
   network's learning rate (``log_var_lr=None``) Adam moves ``s_t`` by about ``lr`` per
   step, so a few hundred steps keep the weights near 1 (measured on sign-language
-  digits: ``exp(−s_t)`` ≈ 1.05–1.26; ``log_var_lr=0.1`` gave 137 and 19,620 with the
-  same accuracy).
+  digits, with ``log_var_lr=0.1`` for contrast: ``benchmarks/RESULTS.md``, section
+  ``multitask``).
 
 ``L_t`` is the cross-entropy of task ``t`` averaged over the batch rows that carry a
 label for it: a row may lack a task's label (``-1``, ``None``, NaN or an empty string),

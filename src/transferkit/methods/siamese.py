@@ -476,23 +476,47 @@ class SiameseSimilarity(BaseEstimator):
 
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "SiameseSimilarity":
-        from safetensors.torch import load_file
+        import torch
 
-        path = Path(folder) / WEIGHTS_FILE
-        if not path.is_file():
-            raise BundleError(f"{folder}: {WEIGHTS_FILE} is missing.")
+        from transferkit.bundle import (
+            BACKBONE_IDENTITY,
+            REDO_HINT,
+            check_config,
+            check_weight_shapes,
+            read_tensors,
+        )
+
+        schema = {"n_features": "integer", "layers": ["string"], "threshold": "number",
+                  "eer": "number", "validation?": "string|object|null",
+                  "backbone": BACKBONE_IDENTITY,
+                  "training?": {"best_epoch?": "integer|null", "epochs_run?": "integer|null",
+                                "history?": ["object"]}}
+        check_config(folder, config, schema, cls,
+                     not_saved=("cache_dir", "progress", "num_workers", "run_dir"))
         estimator = cls(**config["params"])
-        model = _embedding_network(int(config["n_features"]), int(estimator.hidden),
-                                   int(estimator.embedding_dim), float(estimator.dropout))
         try:
-            model.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{path} does not fit the saved head: "
-                              f"{str(exc).splitlines()[0]}") from exc
+            estimator._check_params()
+        except DataError as exc:
+            raise BundleError(f"{folder}/config.json: {exc} The file was edited. {REDO_HINT}") from exc
+        state = read_tensors(folder, WEIGHTS_FILE)
+
+        def network():
+            return _embedding_network(config["n_features"], int(estimator.hidden),
+                                      int(estimator.embedding_dim), float(estimator.dropout))
+
+        # Shapes first, on the meta device: widths from an edited config could otherwise
+        # ask for gigabytes before the weights are even looked at.
+        with torch.device("meta"):
+            skeleton = network()
+        what = (f"a {config['n_features']}-feature head (hidden {estimator.hidden}, "
+                f"embedding {estimator.embedding_dim})")
+        check_weight_shapes(folder, WEIGHTS_FILE, skeleton, state, what)
+        model = network()
+        model.load_state_dict(state, strict=True)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         estimator.model_ = model.eval()
-        estimator.n_features_in_ = int(config["n_features"])
+        estimator.n_features_in_ = config["n_features"]
         estimator.threshold_ = float(config["threshold"])
         estimator.eer_ = float(config["eer"])
         estimator.validation_ = config.get("validation")

@@ -33,6 +33,11 @@ ADAPT_SUMMARY = "summary.json"
 GALLERY_SIZE = 12
 THUMBNAIL_PX = 160
 MAP_MAX_POINTS = 1500
+# How write_report recognises the reports it may replace: its own tag, or the heading of
+# reports written before the tag existed.
+GENERATOR_TAG = '<meta name="generator" content="transferkit report">'
+_OLD_REPORT_HEADING = "<h1>transferkit report</h1>"
+_REPORT_HEAD_BYTES = 16384  # both lie before the first section
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:70em;
@@ -269,6 +274,12 @@ def _data_section(config: dict, metrics: dict) -> str:
     if data:
         out += (f"<p>Source: <code>{_esc(data.get('source', '?'))}</code>. Validation: "
                 f"{_esc(data.get('validation', '?'))}.</p>")
+    dropped = metrics.get("dropped_classes", [])
+    if dropped:
+        names = ", ".join(f"<code>{_esc(name)}</code>" for name in dropped)
+        out += (f'<p class="warn">Warning: no training image of {len(dropped)} class(es) could '
+                f"be read ({names}), so the model has not learnt them; see the skipped files "
+                "below.</p>")
     if rows:
         out += _table(["class", "train images", "validation images"], rows)
     return out + _skipped_files(config.get("skipped", []))
@@ -443,17 +454,36 @@ def render_report(run_dir: str | os.PathLike) -> str:
     if has_sweep:
         sections.append(_layer_sweep(run_dir))
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
+            f"{GENERATOR_TAG}<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>transferkit report</h1><p class=\"muted\">{_esc(run_dir.resolve())}</p>"
             + "".join(sections) + "</body></html>")
 
 
+def is_transferkit_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_REPORT_HEAD_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return head.startswith("<!DOCTYPE html>") and (GENERATOR_TAG in head
+                                                   or _OLD_REPORT_HEADING in head)
+
+
 def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Write ``report.html`` (or ``out``) for ``run_dir``; returns its path."""
+    """Write ``report.html`` (or ``out``) for ``run_dir``; returns its path.
+
+    An existing file is replaced only if it is a report transferkit wrote, or it is the
+    default ``RUN_DIR/report.html`` of a folder transferkit wrote."""
+    from transferkit.outputs import check_output_file, default_mode, is_transferkit_folder
     from transferkit.train.checkpoint import atomic_write_bytes
 
-    text = render_report(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    in_own_run_folder = out is None and is_transferkit_folder(Path(run_dir))
+    target = check_output_file(path, overwrite=True, what="report file",
+                               written_by_transferkit=lambda existing: in_own_run_folder
+                               or is_transferkit_report(existing))
+    text = render_report(run_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, text.encode("utf-8"))
+    os.chmod(target, default_mode())  # atomic_write_bytes's temporary file is private (0600)
     return path

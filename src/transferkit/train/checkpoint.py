@@ -22,10 +22,13 @@ is always read back with ``weights_only=True``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -83,8 +86,23 @@ def torch_save_bytes(obj) -> bytes:
 
 
 def torch_load(path: Path):
-    # Our own files, but loaded as if they came from anyone: no arbitrary unpickling.
+    # Our own files, but loaded as if they came from anyone: weights_only=True makes the
+    # unpickler refuse every global beyond tensors and plain containers, so a crafted
+    # file cannot run code. Never turn it off.
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def describe_load_error(exc: BaseException) -> str:
+    """One line on why a weights file could not be read. torch's own message for a
+    refused pickle runs to paragraphs and suggests weights_only=False, which would run
+    whatever the file holds, so it is never shown."""
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        refused = re.search(r"GLOBAL (\S+)", text)
+        return ("it holds Python objects beyond tensors"
+                + (f" ({refused.group(1)})" if refused else "")
+                + " that loading would have to run, so it was refused")
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else 'no details'}"
 
 
 def rng_state() -> dict:
@@ -121,6 +139,47 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+
+
+def dataset_fingerprint(dataset) -> str | None:
+    """SHA-256 of the items ``dataset`` yields, in order, or None when that cannot be known
+    without iterating it (a checkpoint is then matched on its settings alone).
+
+    Image files (a dataset with ``paths`` and ``labels``, such as
+    :class:`transferkit.train.data.ImageFiles`): each file's content digest and its label,
+    so moving the data keeps the fingerprint while one changed pixel or label changes it.
+    In-memory tensors (``TensorDataset``): their dtypes, shapes and bytes.
+    """
+    from torch.utils.data import TensorDataset
+
+    from transferkit.features.cache import file_digest
+
+    digest = hashlib.sha256()
+    if hasattr(dataset, "paths") and hasattr(dataset, "labels"):
+        for path, label in zip(dataset.paths, dataset.labels, strict=True):
+            try:
+                content = file_digest(path)
+            except OSError as exc:  # training skips it the same way each time
+                content = f"unreadable: {type(exc).__name__}"
+            digest.update(f"{content} {int(label)}\n".encode())
+        return digest.hexdigest()
+    if isinstance(dataset, TensorDataset):
+        for tensor in dataset.tensors:
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+    return None
+
+
+def data_fingerprint(train_loader, val_loader=None, extra=None) -> str:
+    """One digest of the training and validation data (see :func:`dataset_fingerprint`);
+    ``extra``: JSON-able facts the loaders cannot show, such as the class names."""
+    parts = [dataset_fingerprint(getattr(loader, "dataset", None)) if loader is not None else "none"
+             for loader in (train_loader, val_loader)]
+    text = json.dumps({"train": parts[0], "val": parts[1], "extra": extra}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class CheckpointDir:
@@ -169,10 +228,15 @@ class CheckpointDir:
         if not pointer.is_file():
             return None
         try:
-            folder = self.root / json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise TransferkitError(f"{pointer}: damaged checkpoint pointer ({exc}); delete "
-                                   f"{self.root} or give another run folder.") from exc
+            name = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise TransferkitError(f"{pointer}: damaged checkpoint pointer ({describe_load_error(exc)}); "
+                                   f"delete {self.root} or give another run folder.") from exc
+        # Only a folder this class writes: an edited pointer must not lead out of the run.
+        if not isinstance(name, str) or not re.fullmatch(r"ckpt-\d{4,}", name):
+            raise TransferkitError(f"{pointer}: damaged checkpoint pointer (names {name!r}, not a "
+                                   f"ckpt-NNNN folder); delete {self.root} or give another run folder.")
+        folder = self.root / name
         return folder if folder.is_dir() else None
 
     def load(self) -> tuple[dict, dict | None, dict, dict] | None:
@@ -188,11 +252,15 @@ class CheckpointDir:
                     json.loads((folder / "progress.json").read_text(encoding="utf-8")))
         except Exception as exc:  # any damage: say which folder, do not guess
             raise TransferkitError(f"{folder}: cannot resume from this checkpoint "
-                                   f"({type(exc).__name__}: {exc}). Delete it to start over.") from exc
+                                   f"({describe_load_error(exc)}). Delete it to start over.") from exc
 
     def load_final(self) -> tuple[dict, dict] | None:
         folder = self.root / FINAL
         if not (folder / "result.json").is_file():
             return None
-        return (load_tensors(folder / "model.safetensors"),
-                json.loads((folder / "result.json").read_text(encoding="utf-8")))
+        try:
+            return (load_tensors(folder / "model.safetensors"),
+                    json.loads((folder / "result.json").read_text(encoding="utf-8")))
+        except Exception as exc:  # any damage: say which folder, do not guess
+            raise TransferkitError(f"{folder}: cannot reuse this finished run "
+                                   f"({describe_load_error(exc)}). Delete it to train again.") from exc

@@ -28,6 +28,7 @@ from torch import nn
 from transferkit.errors import TransferkitError
 from transferkit.train.checkpoint import (
     CheckpointDir,
+    data_fingerprint,
     rng_state,
     set_rng_state,
     write_metrics_csv,
@@ -42,6 +43,35 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class TrainConfigError(TransferkitError, ValueError):
     """A training hyper-parameter is out of range or unknown."""
+
+
+class RunMismatchError(TransferkitError):
+    """A run folder holds checkpoints of another training run (other settings or data)."""
+
+
+def resolves_to_cpu(device: str) -> bool:
+    """Whether ``device`` ("auto", "cpu", "cuda") puts training on the CPU."""
+    if device == "cpu":
+        return True
+    if device == "cuda":
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def check_device_and_precision(device: str, precision: str) -> None:
+    """Refuse a device or precision that is unknown or cannot work here, before any work."""
+    if precision not in PRECISIONS:
+        raise TrainConfigError(f"unknown precision {precision!r}; choose one of {tuple(PRECISIONS)}.")
+    if device not in DEVICES:
+        raise TrainConfigError(f"unknown device {device!r}; choose one of {DEVICES}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TrainConfigError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
+    # Accelerate would run fp16 on a CPU without complaint but also without the gradient
+    # scaler that keeps fp16 gradients from underflowing to zero.
+    if precision == "fp16" and resolves_to_cpu(device):
+        raise TrainConfigError("precision 'fp16' needs a GPU and training would run on the CPU; "
+                               "use 'bf16' (or 'fp32') on a CPU.")
 
 
 @dataclass
@@ -73,12 +103,7 @@ class TrainConfig:
             raise TrainConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {OPTIMIZERS}.")
         if self.schedule not in SCHEDULES:
             raise TrainConfigError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
-        if self.precision not in PRECISIONS:
-            raise TrainConfigError(f"unknown precision {self.precision!r}; choose one of {tuple(PRECISIONS)}.")
-        if self.device not in DEVICES:
-            raise TrainConfigError(f"unknown device {self.device!r}; choose one of {DEVICES}.")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise TrainConfigError("device='cuda' but no CUDA GPU is visible; use device='auto' or 'cpu'.")
+        check_device_and_precision(self.device, self.precision)
         if self.patience is not None and self.patience < 1:
             raise TrainConfigError(f"patience must be >= 1 or None, got {self.patience}.")
 
@@ -133,12 +158,17 @@ def _channels_last(batch):
     return batch
 
 
-def _fingerprint(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> dict:
+def _fingerprint(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                 data: str, settings: dict | None) -> dict:
     # What must match for a checkpoint to belong to this run (progress/device may differ).
+    # The data matter too: other images or labels of the same count must not resume a run.
     keep = {k: v for k, v in asdict(config).items() if k not in ("progress", "resume", "device", "desc")}
     keep["steps_per_epoch"] = steps_per_epoch
-    keep["param_groups"] = [[len(g["params"]), g["lr"] if "initial_lr" not in g else g["initial_lr"]]
+    keep["param_groups"] = [[len(g["params"]), g["lr"] if "initial_lr" not in g else g["initial_lr"],
+                             g.get("weight_decay")]
                             for g in optimizer.param_groups]
+    keep["data"] = data
+    keep["settings"] = settings
     return json.loads(json.dumps(keep, default=str))
 
 
@@ -184,13 +214,20 @@ def _state_dict(accelerator, model) -> dict[str, torch.Tensor]:
 def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
              val_loader: Iterable | None, step_fn: Callable, config: TrainConfig,
              run_dir: str | os.PathLike | None = None,
-             callbacks: Iterable[Callable[[dict], None]] = ()) -> TrainResult:
+             callbacks: Iterable[Callable[[dict], None]] = (),
+             data_digest: str | None = None,
+             settings: dict | None = None) -> TrainResult:
     """Train ``model`` in place; return the history and which epoch's weights were kept.
 
     ``param_groups``: optimiser groups (each with its own ``lr``), e.g. from
     :func:`transferkit.train.groups.discriminative_param_groups`. ``run_dir``: where
-    checkpoints and ``metrics.csv`` go; a run found there is resumed (``config.resume``).
+    checkpoints and ``metrics.csv`` go; a run found there is resumed (``config.resume``)
+    only if it had the same settings and data, else :class:`RunMismatchError`.
     ``callbacks``: called with each epoch's metrics row after its checkpoint is written.
+    ``data_digest``: the data's digest from
+    :func:`transferkit.train.checkpoint.data_fingerprint`, for a caller that trains
+    several times on the same data (computed from the loaders when None).
+    ``settings``: the method's own settings a checkpoint must match too (JSON-able).
     """
     from accelerate.utils import set_seed
 
@@ -205,7 +242,10 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     steps_per_epoch = len(train_loader)  # before sharding: the scheduler steps once per process
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, make_schedule(config.schedule, config.epochs * steps_per_epoch, config.warmup_fraction))
-    fingerprint = _fingerprint(config, optimizer, steps_per_epoch)
+    fingerprint = None
+    if checkpoints is not None:  # hashing the data is only worth it when there is a run to match
+        data = data_digest or data_fingerprint(train_loader, val_loader)
+        fingerprint = _fingerprint(config, optimizer, steps_per_epoch, data, settings)
     mismatch = (f"{run_dir} holds a checkpoint of a different training run (other settings or "
                 "data). Give a new run folder, or delete it to start over.")
     if checkpoints is not None and config.resume:
@@ -214,7 +254,7 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
             weights, result = final
             # A completed run of other settings (say fewer epochs) must not stand in for this one.
             if result.get("fingerprint") != fingerprint:
-                raise TransferkitError(mismatch)
+                raise RunMismatchError(mismatch)
             accelerator.unwrap_model(model).load_state_dict(weights)
             return TrainResult(result["history"], result["best_epoch"], result["epochs_run"],
                                result["stopped_early"], model)
@@ -232,7 +272,7 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     if loaded is not None:
         weights, best_state, state, progress = loaded
         if progress.get("fingerprint") != fingerprint:
-            raise TransferkitError(mismatch)
+            raise RunMismatchError(mismatch)
         accelerator.unwrap_model(model).load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,386 @@
+"""Loading a model never runs code that came with it.
+
+Regression tests for: ``classifier.skops`` trusted every type under ``builtins.``,
+``numpy.``, ``scipy.`` and ``sklearn.``, and skops calls a trusted callable with
+arguments stored in the file, so a bundle whose schema called ``builtins.exec`` ran it
+inside ``transferkit predict``. Each crafted file below is first shown to run its payload
+when its types are trusted (a marker file appears); transferkit's loader must refuse it
+with a one-line error and the marker must never appear. Every other loader (backbone
+weights, training checkpoints, bundle weights, cached ONNX and feature files) is given a
+pickle whose ``__reduce__`` would run code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skops.io
+import torch
+
+import transferkit.methods.classifiers as classifiers
+from transferkit.bundle import load_bundle, save_bundle
+from transferkit.cli import main
+from transferkit.errors import BackboneError, BundleError, TransferkitError
+from transferkit.methods.classifiers import CLASSIFIERS, make_probe_pipeline
+from transferkit.methods.linear_probe import TRUSTED_SKOPS_TYPES, LinearProbe, load_classifier
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# -- the allow-list -------------------------------------------------------------------
+def _types_in(pipeline) -> set[str]:
+    return set(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline)))
+
+
+def _fitted(classifier: str, n_classes: int, per_class: int, **options):
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(n_classes), per_class)
+    X = (rng.normal(size=(len(y), 6)) + 2 * y[:, None]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return make_probe_pipeline(classifier, y, 2, 0, **options).fit(X, y)
+
+
+def test_the_skops_allow_list_is_exactly_what_fit_can_write(monkeypatch):
+    # A pipeline's file holds the union of its steps' types, and each step's types depend
+    # on its own option only, so every classifier in every regime (one image per class:
+    # no CV search; a few: CV search; 50: k-d tree, MLP early stopping) plus every
+    # pre-processing option covers every pipeline. The grid's length changes no type.
+    monkeypatch.setattr(classifiers, "C_GRID", classifiers.C_GRID[:2])
+    found = set()
+    for n_classes in (2, 3):
+        for classifier in CLASSIFIERS:
+            for per_class in (1, 4, 50):
+                if classifier == "svm" and per_class == 1:
+                    continue  # refused by make_probe_pipeline: no calibration possible
+                found |= _types_in(_fitted(classifier, n_classes, per_class))
+    for options in ({"normalise": "l2"}, {"embedding": "fne"}, {"pca": 2}, {"pca": 0.9}):
+        found |= _types_in(_fitted("knn", 2, 4, **options))
+    assert found == set(TRUSTED_SKOPS_TYPES)
+    assert list(TRUSTED_SKOPS_TYPES) == sorted(TRUSTED_SKOPS_TYPES)
+    assert not any(name.startswith(("builtins.", "os.", "subprocess.", "numpy.", "scipy."))
+                   for name in TRUSTED_SKOPS_TYPES)
+
+
+# -- crafted classifier files -----------------------------------------------------------
+def _json(value) -> dict:
+    """A JsonNode: skops always trusts it and rebuilds it with json.loads."""
+    return {"__class__": "str", "__module__": "builtins", "__loader__": "JsonNode",
+            "content": json.dumps(value), "is_json": True}
+
+
+def _call(module: str, name: str, *args) -> dict:
+    """A ConstructorFromReduceNode: while loading, skops imports ``module.name`` and calls
+    it with ``args`` (nodes, or JSON values)."""
+    items = [a if isinstance(a, dict) and "__loader__" in a else _json(a) for a in args]
+    return {"__class__": name, "__module__": module, "__loader__": "ConstructorFromReduceNode",
+            "content": {"__class__": "tuple", "__module__": "builtins",
+                        "__loader__": "TupleNode", "content": items}}
+
+
+def _touch_code(marker: Path) -> str:
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+class Payload:
+    """Unpickling this runs ``code``."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def _evil_pickle(path: Path, marker: Path, torch_file: bool = False) -> Path:
+    import pickle
+
+    payload = {"weight": torch.zeros(2), "x": Payload(_touch_code(marker))}
+    if torch_file:
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload))
+    return path
+
+
+def _payloads(marker: Path, tmp_path: Path, monkeypatch) -> dict:
+    """name -> (schema node that runs code while loading, the types skops reports)."""
+    touch = _touch_code(marker)
+    # eval returns its value: a string, so that the node can sit where a name is expected.
+    side_effect = _call("builtins", "eval", f"{touch} or 'real'")
+    module = tmp_path / "transferkit_payload_module.py"
+    module.write_text(touch + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module.stem, raising=False)
+    return {
+        "builtins.exec": (_call("builtins", "exec", touch), ["builtins.exec"]),
+        "builtins.eval": (_call("builtins", "eval", touch), ["builtins.eval"]),
+        "builtins.__import__": (_call("builtins", "__import__", module.stem),
+                                ["builtins.__import__"]),
+        "os.system": (_call("os", "system", f"touch '{marker}'"), ["os.system"]),
+        "subprocess.Popen": (_call("subprocess", "Popen", ["touch", str(marker)]),
+                             ["subprocess.Popen"]),
+        "numpy.load": (_call("numpy", "load", str(_evil_pickle(tmp_path / "x.pkl", marker)),
+                             None, True), ["numpy.load"]),
+        "scipy.io.savemat": (_call("scipy.io", "savemat", str(marker), {}),
+                             ["scipy.io.savemat"]),
+        # Callables that run nothing by themselves: the code in their arguments runs as
+        # soon as they are trusted, and they are refused even so.
+        "builtins.getattr": (_call("builtins", "getattr", side_effect, "upper"),
+                             ["builtins.eval", "builtins.getattr"]),
+        "operator.attrgetter": ({"__class__": "attrgetter", "__module__": "operator",
+                                 "__loader__": "OperatorFuncNode",
+                                 "attrs": {"__class__": "tuple", "__module__": "builtins",
+                                           "__loader__": "TupleNode", "content": [side_effect]}},
+                                ["builtins.eval", "operator.attrgetter"]),
+        "functools.partial": ({"__class__": "partial", "__module__": "functools",
+                               "__loader__": "PartialNode",
+                               "content": {"func": {"__class__": "print", "__module__": "builtins",
+                                                    "__loader__": "FunctionNode"},
+                                           "args": {"__class__": "tuple", "__module__": "builtins",
+                                                    "__loader__": "TupleNode",
+                                                    "content": [side_effect]},
+                                           "kwds": _json({}), "namespace": _json(None)}},
+                              ["builtins.eval", "builtins.print", "functools.partial"]),
+        "method": ({"__class__": "eval", "__module__": "builtins", "__loader__": "MethodNode",
+                    "content": {"func": "upper", "obj": side_effect}},
+                   ["builtins.eval", "builtins.eval.upper"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def probe_file(tmp_path_factory) -> Path:
+    """A real classifier.skops as a linear probe writes it."""
+    path = tmp_path_factory.mktemp("skops") / "classifier.skops"
+    skops.io.dump(_fitted("logreg", 2, 1), path)
+    return path
+
+
+def _with_payload(original: Path, node: dict, out: Path) -> Path:
+    """``original`` with the pipeline's ``memory`` attribute replaced by ``node``."""
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(out, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "schema.json":
+                schema = json.loads(data)
+                schema["content"]["content"]["memory"] = node
+                data = json.dumps(schema).encode()
+            target.writestr(item, data)
+    return out
+
+
+PAYLOAD_NAMES = ["builtins.exec", "builtins.eval", "builtins.__import__", "os.system",
+                 "subprocess.Popen", "numpy.load", "scipy.io.savemat", "builtins.getattr",
+                 "operator.attrgetter", "functools.partial", "method"]
+
+
+@pytest.mark.parametrize("name", PAYLOAD_NAMES)
+def test_a_classifier_file_that_would_run_code_is_refused(name, probe_file, tmp_path,
+                                                         monkeypatch):
+    marker = tmp_path / "ran.mat"  # savemat would add .mat to any other name
+    node, types = _payloads(marker, tmp_path, monkeypatch)[name]
+    evil = _with_payload(probe_file, node, tmp_path / "classifier.skops")
+    assert sorted(skops.io.get_untrusted_types(file=evil)) == types
+
+    # The payload is real: trusting its types makes skops run it while loading.
+    loaded = skops.io.load(evil, trusted=list(TRUSTED_SKOPS_TYPES) + types)
+    if isinstance(loaded.memory, subprocess.Popen):
+        loaded.memory.wait()
+    assert marker.exists(), "the crafted payload did not run even when trusted"
+    marker.unlink()
+    sys.modules.pop("transferkit_payload_module", None)
+
+    with pytest.raises(BundleError) as refused:
+        load_classifier(evil)
+    message = str(refused.value)
+    assert "\n" not in message and all(t in message for t in types)
+    assert not marker.exists()
+
+
+def test_a_bundle_with_a_crafted_classifier_is_refused_by_predict(tmp_path, tiny_checkpoint,
+                                                                  image_folder, capsys):
+    path, arch = tiny_checkpoint
+    paths = sorted(str(p) for p in image_folder.glob("*/*.png"))
+    probe = LinearProbe(weights=str(path), arch=arch, runtime="eager",
+                        cache_dir=str(tmp_path / "c")).fit(paths, [Path(p).parent.name for p in paths])
+    folder = save_bundle(probe, tmp_path / "model")
+    marker = tmp_path / "ran"
+    skops_file = folder / "classifier.skops"
+    _with_payload(shutil.copy(skops_file, tmp_path / "good.skops"),
+                  _call("builtins", "exec", _touch_code(marker)), skops_file)
+    assert main(["predict", str(folder), paths[0]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "builtins.exec" in err
+    assert "Traceback" not in err
+    assert not marker.exists()
+
+
+# -- pickles given to every other loader ------------------------------------------------
+def test_backbone_weights_that_are_a_code_running_pickle_are_refused(tmp_path):
+    marker = tmp_path / "ran"
+    evil = _evil_pickle(tmp_path / "evil.pt", marker, torch_file=True)
+    torch.load(evil, weights_only=False)  # the payload is real
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(BackboneError) as refused:
+        from transferkit.backbones import create_backbone
+
+        create_backbone(weights=evil, arch="test_efficientnet")
+    message = str(refused.value)
+    assert "\n" not in message and "(exec)" in message
+    assert "weights_only=False" not in message  # torch's advice would run the payload
+    assert not marker.exists()
+
+
+def test_a_training_checkpoint_with_a_code_running_pickle_is_refused(tmp_path):
+    from transferkit.train.checkpoint import CheckpointDir
+
+    checkpoints = CheckpointDir(tmp_path / "run")
+    state = {"w": torch.ones(2)}
+    folder = checkpoints.save(1, state, None, False, {"step": torch.zeros(1)}, {"epoch": 1})
+    assert checkpoints.load() is not None
+    marker = tmp_path / "ran"
+    _evil_pickle(folder / "state.pt", marker, torch_file=True)
+    with pytest.raises(TransferkitError) as refused:
+        checkpoints.load()
+    assert "\n" not in str(refused.value) and "(exec)" in str(refused.value)
+    assert not marker.exists()
+    # An edited pointer cannot send the loader to files outside the run folder.
+    (tmp_path / "run" / "latest.json").write_text(json.dumps({"checkpoint": "../elsewhere"}))
+    with pytest.raises(TransferkitError, match="ckpt-NNNN"):
+        checkpoints.load()
+
+
+def test_a_finished_run_with_a_pickle_for_weights_is_refused(tmp_path):
+    from transferkit.train.checkpoint import CheckpointDir
+
+    checkpoints = CheckpointDir(tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    checkpoints.save_final({"w": torch.ones(2)}, {"epochs": 1})
+    marker = tmp_path / "ran"
+    _evil_pickle(tmp_path / "run" / "final" / "model.safetensors", marker, torch_file=True)
+    with pytest.raises(TransferkitError, match="final"):
+        checkpoints.load_final()
+    assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def weight_bundles(tmp_path_factory, tiny_checkpoint):
+    """Small real bundles of the three methods whose learned state is safetensors."""
+    from transferkit.methods import FineTuner
+    from transferkit.methods.distill import DistilledStudent
+    from transferkit.methods.siamese import SiameseSimilarity
+    from conftest import write_class_folder
+
+    root = tmp_path_factory.mktemp("bundles")
+    path, arch = tiny_checkpoint
+    images = write_class_folder(root / "images", per_class=4)
+    paths = sorted(str(p) for p in images.glob("*/*.png"))
+    labels = [Path(p).parent.name for p in paths]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tuner = FineTuner(weights=str(path), arch=arch, image_size=32, batch_size=8, epochs=1,
+                          strategy="head", val_fraction=0, num_workers=0, progress=False,
+                          device="cpu").fit(paths, labels)
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 255, size=(6, 16, 16, 3)).astype(np.uint8)
+        student = DistilledStudent(student="tiny-cnn", image_size=16, epochs=1, batch_size=8,
+                                   device="cpu").fit(pixels, np.array(["a", "b"] * 3))
+        features = rng.normal(size=(12, 8)).astype(np.float32)
+        similarity = SiameseSimilarity(weights=str(path), arch=arch, epochs=1, hidden=8,
+                                       embedding_dim=4, device="cpu").fit_features(
+            features, np.repeat(np.arange(3), 4))
+    return {"model.safetensors": save_bundle(tuner, root / "finetune"),
+            "student.safetensors": save_bundle(student, root / "distill"),
+            "embedding.safetensors": save_bundle(similarity, root / "siamese")}
+
+
+@pytest.mark.parametrize("weights_file", ["model.safetensors", "student.safetensors",
+                                          "embedding.safetensors"])
+def test_bundle_weights_that_are_a_code_running_pickle_are_refused(weights_file, weight_bundles,
+                                                                   tmp_path):
+    folder = shutil.copytree(weight_bundles[weights_file], tmp_path / "model")
+    load_bundle(folder)  # the untouched bundle loads
+    marker = tmp_path / "ran"
+    _evil_pickle(folder / weights_file, marker, torch_file=True)
+    with pytest.raises(BundleError, match=weights_file) as refused:
+        load_bundle(folder)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists()
+
+
+def test_a_bundle_config_pointing_at_a_pickle_for_backbone_weights_runs_nothing(
+        tmp_path, weight_bundles):
+    folder = shutil.copytree(weight_bundles["embedding.safetensors"], tmp_path / "model")
+    marker = tmp_path / "ran"
+    evil = _evil_pickle(tmp_path / "evil.pt", marker, torch_file=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["params"]["weights"] = str(evil)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(TransferkitError, match=r"\(exec\)") as refused:
+        load_bundle(folder)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists()
+
+
+def test_a_cached_onnx_model_that_is_a_pickle_is_exported_again(tmp_path):
+    from transferkit.features.runtime import make_runtime
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten())
+    marker = tmp_path / "ran"
+    onnx_path = _evil_pickle(tmp_path / "model.onnx", marker, torch_file=True)
+    runtime = make_runtime(module, (3, 8, 8), "onnx", onnx_path=onnx_path)
+    assert runtime.name == "onnx" and not marker.exists()
+    assert onnx_path.read_bytes()[:2] != b"PK"  # replaced by a fresh export (not the zip)
+
+
+def test_a_cached_onnx_model_reading_other_files_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from transferkit.features.runtime import make_runtime
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"0123456789abcdef")
+    weight = helper.make_tensor("w", TensorProto.UINT8, [16], vals=bytes(16), raw=True)
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", str(secret)), ("offset", "0"), ("length", "16")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.UINT8, [16])],
+                              initializer=[weight])
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(helper.make_model(graph).SerializeToString())
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                 torch.nn.Flatten())
+    runtime = make_runtime(module, (3, 8, 8), "onnx", onnx_path=onnx_path)
+    assert runtime.name == "onnx"
+    exported = onnx.load(str(onnx_path))
+    assert not any(init.external_data for init in exported.graph.initializer)
+
+
+def test_a_cached_feature_vector_that_is_a_pickle_is_recomputed_not_run(tmp_path):
+    from transferkit.features.cache import FeatureCache
+
+    cache = FeatureCache(tmp_path / "cache", {"backbone": "x"}, dim=2)
+    key = "ab" + "0" * 62
+    cache.put(key, np.zeros(2))
+    marker = tmp_path / "ran"
+    evil = np.empty(1, dtype=object)
+    evil[0] = Payload(_touch_code(marker))
+    np.save(cache._path(key), evil, allow_pickle=True)
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert cache.get(key) is None
+    assert not marker.exists()

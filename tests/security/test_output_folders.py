@@ -1,0 +1,352 @@
+"""A command never deletes or overwrites what it did not write (issue items 2 and 15).
+
+Regression tests for: ``fit --out`` replacing whatever folder it was given (the data
+folder, its parent with the user's code, an unrelated folder, a file); an existing model
+replaced with the user's extra files in it deleted; ``--out .`` crashing after training;
+model folders created 0700 whatever the umask; the same holes in every command that
+writes a folder or a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from transferkit import run
+from transferkit.bundle import load_bundle, save_bundle
+from transferkit.cli import main
+from transferkit.errors import TransferkitError
+from transferkit.outputs import MARKER, prepare_output_folder
+
+USER_FILES = {"notes.txt": b"my notes\n", "code/train.py": b"print('mine')\n"}
+
+
+class _WorkStarted(AssertionError):
+    """Raised by the slow part of a job: the output check must refuse before it."""
+
+
+def _explode(*args, **kwargs):
+    raise _WorkStarted("the job started working before checking its output path")
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every entry under ``root``: file bytes, link targets, folders."""
+    entries = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            entries[key] = ("link", os.readlink(path))
+        elif path.is_file():
+            entries[key] = path.read_bytes()
+        else:
+            entries[key] = "folder"
+    return entries
+
+
+def user_folder(root: Path) -> Path:
+    for name, content in USER_FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+def refused(capsys, argv) -> str:
+    """Run the CLI, expect exit status 2 and one ``error:`` line; return that line."""
+    code = main([*argv, "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, f"exit status {code}, stderr {err}"
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+@pytest.fixture
+def tiny(tiny_checkpoint):
+    path, arch = tiny_checkpoint
+    return ["--weights", str(path), "--arch", arch]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    from transferkit.methods.linear_probe import LinearProbe
+
+    monkeypatch.setattr(LinearProbe, "fit", _explode)
+
+
+# -- fit: the data folder, its parent, an unrelated folder, a file ----------------------------
+
+@pytest.mark.parametrize("where", ["data", "parent", "inside data", "unrelated", "link to data"])
+def test_fit_refuses_an_out_that_would_touch_the_users_files_before_training(
+        where, image_folder, tmp_path, tiny, capsys, no_training):
+    project = user_folder(tmp_path)  # code and notes beside the images (tmp_path/images)
+    unrelated = user_folder(tmp_path / "elsewhere")
+    (tmp_path / "data-link").symlink_to(image_folder, target_is_directory=True)
+    out = {"data": image_folder, "parent": project, "inside data": image_folder / "model",
+           "unrelated": unrelated, "link to data": tmp_path / "data-link"}[where]
+    before = snapshot(tmp_path)
+    line = refused(capsys, ["fit", str(image_folder), "--out", str(out), *tiny])
+    assert snapshot(tmp_path) == before
+    assert "input" in line or "not written by transferkit" in line
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a file"])
+def test_fit_refuses_an_existing_file_as_out(kind, image_folder, tmp_path, tiny, capsys,
+                                             no_training):
+    (tmp_path / "notes.txt").write_bytes(b"precious\n")
+    out = tmp_path / "notes.txt"
+    if kind == "link to a file":
+        out = tmp_path / "link"
+        out.symlink_to(tmp_path / "notes.txt")
+    before = snapshot(tmp_path)
+    line = refused(capsys, ["fit", str(image_folder), "--out", str(out), *tiny])
+    assert "not a folder" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_model_is_replaced_only_with_overwrite_and_the_users_files_are_kept(
+        image_folder, tmp_path, tiny, capsys):
+    out = tmp_path / "model"
+    assert main(["fit", str(image_folder), "--out", str(out), *tiny, "--quiet"]) == 0
+    user_folder(out)
+    before = snapshot(out)
+
+    line = refused(capsys, ["fit", str(image_folder), "--out", str(out), *tiny,
+                            "--classifier", "knn"])
+    assert "--overwrite" in line
+    assert snapshot(out) == before
+
+    assert main(["fit", str(image_folder), "--out", str(out), *tiny, "--classifier", "knn",
+                 "--overwrite", "--quiet"]) == 0
+    for name, content in USER_FILES.items():
+        assert (out / name).read_bytes() == content
+    assert json.loads((out / "config.json").read_text())["params"]["classifier"] == "knn"
+    assert load_bundle(out).classifier == "knn"
+    assert (out / "report.html").is_file()
+    leftovers = [p.name for p in [*out.iterdir(), *tmp_path.iterdir()]
+                 if p.name.startswith(".") and p.name != MARKER]
+    assert leftovers == []
+
+
+# -- --out . -------------------------------------------------------------------------------
+
+def test_out_dot_in_an_empty_working_folder_writes_the_model_there(image_folder, tmp_path, tiny,
+                                                                   monkeypatch):
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["fit", str(image_folder), "--out", ".", *tiny, "--quiet"]) == 0
+    assert Path.cwd() == here and Path(os.getcwd()).is_dir()  # the folder was not swapped away
+    assert (here / "config.json").is_file() and (here / "report.html").is_file()
+    assert load_bundle(here).classes_.tolist() == ["blue", "red"]
+
+
+def test_out_dot_where_the_data_lies_is_refused_before_training(image_folder, tmp_path, tiny,
+                                                                monkeypatch, capsys, no_training):
+    user_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    line = refused(capsys, ["fit", "images", "--out", ".", *tiny])
+    assert "input" in line
+    assert snapshot(tmp_path) == before
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_model_folders_and_files_follow_the_umask(image_folder, tmp_path, tiny, umask_022):
+    out = tmp_path / "new" / "model"
+    assert main(["fit", str(image_folder), "--out", str(out), *tiny, "--quiet"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    for path in out.rglob("*"):
+        expected = 0o755 if path.is_dir() else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+# -- save_bundle called directly ----------------------------------------------------------------
+
+class TinySaved:
+    """The least a bundle needs: a method name and artefacts."""
+
+    bundle_method = "test-only"
+
+    def __init__(self, weights: str = "weights.bin"):
+        self.weights = weights
+
+    def _save_artifacts(self, folder: Path) -> dict:
+        (folder / self.weights).write_bytes(b"\x00" * 8)
+        return {"classes": ["a", "b"]}
+
+
+def test_save_bundle_refuses_a_folder_it_did_not_write(tmp_path):
+    user_folder(tmp_path / "mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(TransferkitError, match="not written by transferkit"):
+        save_bundle(TinySaved(), tmp_path / "mine")
+    assert snapshot(tmp_path) == before
+
+
+def test_save_bundle_replaces_only_its_own_files(tmp_path):
+    folder = save_bundle(TinySaved("old-weights.bin"), tmp_path / "model")
+    user_folder(folder)
+    (tmp_path / "victim").write_bytes(b"outside\n")
+    # A tampered marker cannot make a replace reach outside the folder.
+    marker = json.loads((folder / MARKER).read_text())
+    marker["files"] += ["../victim", str(tmp_path / "victim"), ".."]
+    (folder / MARKER).write_text(json.dumps(marker))
+    with pytest.raises(TransferkitError, match="--overwrite"):
+        save_bundle(TinySaved(), folder)
+    save_bundle(TinySaved(), folder, overwrite=True)
+    names = {p.name for p in folder.iterdir()}
+    assert names == {MARKER, "config.json", "metrics.json", "weights.bin", "notes.txt", "code"}
+    assert (tmp_path / "victim").read_bytes() == b"outside\n"
+    for name, content in USER_FILES.items():
+        assert (folder / name).read_bytes() == content
+
+
+def test_save_bundle_to_the_working_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_bundle(TinySaved(), ".")
+    assert Path.cwd() == tmp_path and (tmp_path / "config.json").is_file()
+
+
+def test_save_bundle_never_overwrites_a_users_file_of_the_same_name(tmp_path):
+    folder = tmp_path / "model"
+    prepare_output_folder(folder, command="fit")  # what fit does before training
+    (folder / "weights.bin").write_bytes(b"the user's\n")
+    with pytest.raises(TransferkitError, match="weights.bin"):
+        save_bundle(TinySaved(), folder)
+    assert (folder / "weights.bin").read_bytes() == b"the user's\n"
+
+
+# -- interrupted runs resume, finished ones need overwrite --------------------------------------
+
+def test_an_interrupted_run_resumes_and_a_finished_one_is_replaced_only_with_overwrite(tmp_path):
+    out = tmp_path / "run"
+    prepare_output_folder(out, command="adapt")
+    checkpoint = out / "train" / "dann" / "latest.json"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_text("{}")
+    prepare_output_folder(out, command="adapt")  # the rerun after an interrupt
+    assert checkpoint.is_file()
+    with pytest.raises(TransferkitError, match="unfinished `transferkit adapt`"):
+        prepare_output_folder(out, command="autoencoder")
+
+    (out / "summary.json").write_text("{}")
+    user_folder(out)
+    with pytest.raises(TransferkitError, match="--overwrite"):
+        prepare_output_folder(out, command="adapt")
+    prepare_output_folder(out, command="adapt", overwrite=True)
+    assert not (out / "train").exists()  # the new run starts over, not from the old checkpoints
+    assert (out / "summary.json").is_file()  # replaced when the new run writes it
+    for name, content in USER_FILES.items():
+        assert (out / name).read_bytes() == content
+
+
+# -- every other command that writes --------------------------------------------------------
+
+@pytest.fixture
+def teacher(image_folder, tmp_path, tiny_checkpoint) -> Path:
+    path, arch = tiny_checkpoint
+    run.fit(image_folder, tmp_path / "teacher", weights=str(path), arch=arch, report=False)
+    return tmp_path / "teacher"
+
+
+def _command(name: str, data: Path, out: Path, tiny: list[str], monkeypatch) -> list[str]:
+    """argv of ``name`` writing to ``out``, with the job's slow part made to explode."""
+    import transferkit.adapt as adapt
+    import transferkit.autoencoder_job as autoencoder_job
+    import transferkit.data.digits as digits
+    import transferkit.demo as demo
+    import transferkit.evaluate.layer_sweep as layer_sweep
+    from transferkit.methods.anomaly import AnomalyDetector
+    from transferkit.methods.siamese import SiameseSimilarity
+
+    if name == "adapt":
+        monkeypatch.setattr(adapt._Representation, "__call__", _explode)
+        return ["adapt", "--source", str(data), "--target", str(data / "red"), "--epochs", "1",
+                "--out", str(out)]
+    if name == "adapt --demo":
+        monkeypatch.setattr(digits, "render_printed_digits", _explode)
+        return ["adapt", "--demo", "--epochs", "1", "--out", str(out)]
+    if name == "autoencoder":
+        monkeypatch.setattr(autoencoder_job, "_read", _explode)
+        return ["autoencoder", "--unlabelled", str(data), "--labelled", str(data), "--epochs", "1",
+                "--out", str(out)]
+    if name == "fewshot-train":
+        monkeypatch.setattr(SiameseSimilarity, "fit", _explode)
+        return ["fewshot-train", str(data), "--epochs", "1", "--out", str(out)]
+    if name == "layers":
+        monkeypatch.setattr(layer_sweep, "layer_sweep", _explode)
+        return ["layers", str(data), *tiny, "--folds", "2", "--out", str(out)]
+    if name == "anomaly":
+        monkeypatch.setattr(AnomalyDetector, "fit", _explode)
+        return ["anomaly", "--normal", str(data / "red"), "--test", str(data), *tiny,
+                "--out", str(out)]
+    if name == "demo":
+        monkeypatch.setattr(demo, "write_embedded_set", _explode)
+        return ["demo", "--set", "textures", "--out", str(out)]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name, where", [
+    *[(name, where) for name in ("adapt", "autoencoder", "fewshot-train", "layers", "anomaly")
+      for where in ("unrelated", "data")],
+    ("adapt --demo", "unrelated"), ("demo", "unrelated")])
+def test_every_command_refuses_a_folder_it_did_not_write(name, where, image_folder, tmp_path,
+                                                         tiny, capsys, monkeypatch):
+    out = user_folder(tmp_path / "elsewhere") if where == "unrelated" else image_folder
+    argv = _command(name, image_folder, out, tiny, monkeypatch)
+    before = snapshot(tmp_path)
+    refused(capsys, argv)
+    assert snapshot(tmp_path) == before
+
+
+def test_distill_refuses_a_folder_it_did_not_write(teacher, image_folder, tmp_path, capsys,
+                                                   monkeypatch):
+    import transferkit.distill_job as distill_job
+
+    monkeypatch.setattr(distill_job, "teacher_logits", _explode)
+    for out in (user_folder(tmp_path / "elsewhere"), teacher, image_folder):
+        before = snapshot(tmp_path)
+        refused(capsys, ["distill", "--teacher", str(teacher), "--data", str(image_folder),
+                         "--epochs", "1", "--out", str(out)])
+        assert snapshot(tmp_path) == before
+
+
+def test_anomaly_replaces_only_its_own_json_file_and_only_with_overwrite(image_folder, tmp_path,
+                                                                        tiny, capsys):
+    argv = ["anomaly", "--normal", str(image_folder / "red"), "--test", str(image_folder), *tiny]
+    (tmp_path / "scores.json").write_bytes(b'{"mine": true}\n')
+    before = snapshot(tmp_path)
+    refused(capsys, [*argv, "--out", str(tmp_path / "scores.json"), "--overwrite"])
+    assert snapshot(tmp_path) == before
+
+    own = tmp_path / "result.json"
+    assert main([*argv, "--out", str(own), "--quiet"]) == 0
+    line = refused(capsys, [*argv, "--out", str(own)])
+    assert "--overwrite" in line
+    assert main([*argv, "--out", str(own), "--overwrite", "--quiet"]) == 0
+    assert json.loads(own.read_text())["n_test"] > 0
+
+
+def test_report_overwrites_only_a_report_transferkit_wrote(teacher, tmp_path, capsys):
+    user_folder(tmp_path)
+    before = snapshot(tmp_path)
+    line = refused(capsys, ["report", str(teacher), "--out", str(tmp_path / "notes.txt")])
+    assert "not written by transferkit" in line
+    assert snapshot(tmp_path) == before
+    # Its own reports it regenerates: the default one in the run folder and one given by --out.
+    given = ["--out", str(tmp_path / "r.html")]
+    for argv in (["report", str(teacher)], ["report", str(teacher), *given],
+                 ["report", str(teacher), *given]):
+        assert main([*argv, "--quiet"]) == 0
+    assert (teacher / "report.html").is_file() and (tmp_path / "r.html").is_file()
