@@ -6,8 +6,8 @@ Every method's estimator implements two hooks:
   skops for scikit-learn objects; never pickle) and return the JSON-able config it needs;
 * classmethod ``_load_artifacts(folder, config) -> estimator``.
 
-The method name in ``config.json`` picks the class on load through :data:`METHODS`, so
-this module knows no method by itself.
+The method name in ``config.json`` picks the class on load through the method registry
+(:mod:`transferkit.methods.registry`), so this module knows no method by itself.
 """
 
 from __future__ import annotations
@@ -22,18 +22,6 @@ from pathlib import Path
 from transferkit.errors import BundleError
 
 FORMAT_VERSION = 1
-METHODS: dict[str, type] = {}
-
-
-def register_method(name: str):
-    """Class decorator: make ``name`` loadable from a bundle."""
-
-    def decorate(cls):
-        METHODS[name] = cls
-        cls.bundle_method = name
-        return cls
-
-    return decorate
 
 
 def _versions() -> dict:
@@ -65,7 +53,9 @@ def save_bundle(estimator, folder: str | os.PathLike, metrics: dict | None = Non
     """
     from transferkit import outputs
 
-    method = getattr(estimator, "bundle_method", None)
+    from transferkit.methods.registry import bundle_name_of
+
+    method = bundle_name_of(estimator)
     if method is None:
         raise BundleError(f"{type(estimator).__name__} cannot be saved as a bundle.")
     shown = folder
@@ -355,18 +345,17 @@ def read_config(folder: str | os.PathLike) -> dict:
 def load_bundle(folder: str | os.PathLike, method: str | None = None):
     """Load the estimator saved in ``folder`` by :func:`save_bundle` (of ``method``, when
     given). Any failure is a :class:`BundleError` saying which folder and what is wrong."""
-    # Importing the methods package registers every method class.
-    import transferkit.methods  # noqa: F401
     from transferkit.errors import TransferkitError
+    from transferkit.methods.registry import bundle_class, list_methods
 
     folder = Path(folder)
     config = read_config(folder)
     if method is not None and config["method"] != method:
         raise BundleError(f"{folder} holds a {config['method']!r} model, not a {method!r} one.")
-    cls = METHODS.get(config["method"])
+    cls = bundle_class(config["method"])
     if cls is None:
-        raise BundleError(f"{folder}: unknown method {config['method']!r} "
-                          f"(known: {sorted(METHODS)}).")
+        raise BundleError(f"{folder}: unknown method {config['method']!r} (known: "
+                          f"{', '.join(list_methods(saves_bundle=True))}).")
     try:
         return cls._load_artifacts(folder, config)
     except TransferkitError:

@@ -1,7 +1,7 @@
 """Whole jobs on folders: fit a model and save it, evaluate it, predict with it.
 
 These functions are the Python form of the CLI commands (which only parse and print)
-and return JSON-able summaries. Methods are looked up by name in :data:`METHOD_FACTORIES`.
+and return JSON-able summaries. Methods are looked up by name in the method registry.
 """
 
 from __future__ import annotations
@@ -18,31 +18,6 @@ from transferkit.data import collect_images, load_dataset, read_csv, read_image_
 from transferkit.data.dataset import TEST_FOLDER_NAMES, VAL_FOLDER_NAMES, LabelledImages
 from transferkit.errors import DataError, TransferkitError
 from transferkit.evaluate import classification_summary
-
-
-def _linear_probe(**options):
-    from transferkit.methods.linear_probe import LinearProbe
-
-    return LinearProbe(**options)
-
-
-def _finetune(**options):
-    from transferkit.methods.finetune import FineTuner
-
-    return FineTuner(**options)
-
-
-def _full_network_embedding(**options):
-    """Garcia-Gasulla et al. 2018: all stages pooled, standardised, discretised; linear SVM."""
-    from transferkit.methods.linear_probe import LinearProbe
-
-    options.setdefault("classifier", "svm")
-    options.update(layer="fne", pooling="avg", embedding="fne")  # FNE's definition
-    return LinearProbe(**options)
-
-
-METHOD_FACTORIES = {"linear_probe": _linear_probe, "fne": _full_network_embedding,
-                    "finetune": _finetune}
 
 
 def _names(images: LabelledImages) -> np.ndarray:
@@ -105,12 +80,16 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     from transferkit.outputs import prepare_output_folder
 
     start = time.perf_counter()
-    if method not in METHOD_FACTORIES:
-        raise TransferkitError(f"unknown method {method!r}; choose one of {sorted(METHOD_FACTORIES)}.")
-    if check_negative_transfer and method not in NEGATIVE_TRANSFER_METHODS:
+    from transferkit.methods.registry import create_method, list_methods
+
+    if method not in list_methods(family="classifier"):
+        raise TransferkitError(f"unknown method {method!r}; choose one of "
+                               f"{', '.join(list_methods(family='classifier'))}.")
+    cheap = list_methods(family="classifier", refits_cheaply=True)
+    if check_negative_transfer and method not in cheap:
         raise TransferkitError(f"the negative-transfer check refits the model on every fold, "
                                f"which only the feature-based methods "
-                               f"({', '.join(NEGATIVE_TRANSFER_METHODS)}) do cheaply; drop "
+                               f"({', '.join(cheap)}) do cheaply; drop "
                                f"--check-negative-transfer for {method} or use one of those.")
     splits = load_dataset(data, val_fraction=val_fraction, random_state=random_state)
     # Before any training: a refused --out costs nothing and changes nothing.
@@ -123,7 +102,7 @@ def fit(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
         # Checkpoints in the model folder: rerunning an interrupted fit resumes it.
         work = Path(out) / WORK_FOLDER
         options["run_dir"] = str(work)
-    estimator = METHOD_FACTORIES[method](random_state=random_state, **options)
+    estimator = create_method(method, random_state=random_state, **options)
     with warnings.catch_warnings(record=True):
         # Skipped images are reported once, in the summary, not as a warning per call.
         warnings.simplefilter("ignore")
@@ -458,7 +437,6 @@ def anomaly(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.Pa
 
 # -- negative-transfer check from fit -----------------------------------------------------
 
-NEGATIVE_TRANSFER_METHODS = ("linear_probe", "fne")
 
 
 def negative_transfer_summary(estimator, images: LabelledImages, random_state: int = 0) -> dict:

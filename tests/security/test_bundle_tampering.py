@@ -25,6 +25,7 @@ from conftest import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.cli import main
 from transferkit.errors import BundleError
+from transferkit.methods.registry import bundle_name_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -201,7 +202,7 @@ def test_a_damaged_or_tampered_bundle_gives_one_bundle_error_line(kind, edit, ex
 @pytest.mark.parametrize("kind", list(WEIGHTS))
 def test_untouched_bundles_still_load(kind, bundles, tmp_path):
     folder = shutil.copytree(bundles[kind], tmp_path / "model")
-    assert type(load_bundle(folder)).bundle_method == kind
+    assert bundle_name_of(load_bundle(folder)) == kind
 
 
 def test_weights_of_another_model_are_refused(bundles, tmp_path):

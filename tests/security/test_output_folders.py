@@ -174,9 +174,7 @@ def test_model_folders_and_files_follow_the_umask(image_folder, tmp_path, tiny, 
 # -- save_bundle called directly ----------------------------------------------------------------
 
 class TinySaved:
-    """The least a bundle needs: a method name and artefacts."""
-
-    bundle_method = "test-only"
+    """The least a bundle needs: a registered method name and artefacts."""
 
     def __init__(self, weights: str = "weights.bin"):
         self.weights = weights
@@ -184,6 +182,15 @@ class TinySaved:
     def _save_artifacts(self, folder: Path) -> dict:
         (folder / self.weights).write_bytes(b"\x00" * 8)
         return {"classes": ["a", "b"]}
+
+
+@pytest.fixture(autouse=True)
+def tiny_saved_is_registered(monkeypatch):
+    from transferkit.methods import registry
+
+    spec = registry.MethodSpec("test-only", f"{TinySaved.__module__}:TinySaved", "classifier",
+                               saves_bundle=True)
+    monkeypatch.setitem(registry._REGISTRY, "test-only", spec)
 
 
 def test_save_bundle_refuses_a_folder_it_did_not_write(tmp_path):

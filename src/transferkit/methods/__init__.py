@@ -1,12 +1,74 @@
-"""Transfer methods, one per file, each a scikit-learn-style estimator.
+"""Transfer methods, one per file, each a scikit-learn-style estimator — and their catalogue.
 
-Importing this package registers every method that saves a bundle (``linear_probe``,
-``finetune``, ``distill``, ``siamese``), so ``transferkit predict`` / ``evaluate`` can
-load any of them.
+Every method is registered here by name, family and place (see
+:mod:`transferkit.methods.registry`); nothing is imported until a method is created, so
+listing methods or parsing the command line imports no torch. ``LinearProbe`` and
+``FineTuner`` stay importable from this package (loaded on first use).
 """
 
-from transferkit.methods import distill, siamese  # noqa: F401  (bundle registration)
-from transferkit.methods.finetune import FineTuner
-from transferkit.methods.linear_probe import LinearProbe
+from transferkit.methods.registry import (
+    create_method,
+    list_methods,
+    method_class,
+    register_method,
+)
 
-__all__ = ["FineTuner", "LinearProbe"]
+_M = "transferkit.methods"
+
+# -- fit: a classifier for the user's images ----------------------------------------------
+register_method("linear_probe", f"{_M}.linear_probe:LinearProbe", family="classifier",
+                saves_bundle=True, refits_cheaply=True,
+                summary="frozen features + shallow classifier")
+register_method("fne", f"{_M}.linear_probe:full_network_embedding", family="classifier",
+                saves_bundle=True, refits_cheaply=True,
+                summary="Full-Network Embedding + linear SVM")
+register_method("finetune", f"{_M}.finetune:FineTuner", family="classifier",
+                saves_bundle=True, summary="train the network")
+
+# -- adapt: deep methods on Ganin & Lempitsky's small network ------------------------------
+register_method("deep-source-only", f"{_M}.deep_adaptation:DeepSourceOnly",
+                family="domain-deep", baseline=True)
+register_method("dann", f"{_M}.dann:DANN", family="domain-deep")
+register_method("dan", f"{_M}.mmd:DAN", family="domain-deep")
+register_method("deep-coral", f"{_M}.deep_coral:DeepCORAL", family="domain-deep")
+register_method("adda", f"{_M}.adda:ADDA", family="domain-deep")
+register_method("domain-confusion", f"{_M}.domain_confusion:DomainConfusionSoftLabels",
+                family="domain-deep", semi_supervised=True)
+register_method("drcn", f"{_M}.reconstruction:ReconstructionDA", family="domain-deep")
+
+# -- adapt: shallow methods on frozen features ---------------------------------------------
+register_method("source-only", f"{_M}.baselines:SourceOnly", family="domain-shallow",
+                baseline=True)
+register_method("target-oracle", f"{_M}.baselines:TargetOracle", family="domain-shallow",
+                baseline=True)
+register_method("coral", f"{_M}.coral:CORAL", family="domain-shallow")
+register_method("subspace", f"{_M}.subspace:SubspaceAlignment", family="domain-shallow")
+register_method("tca", f"{_M}.tca:TCA", family="domain-shallow")
+register_method("kmm", f"{_M}.kmm:KMM", family="domain-shallow")
+register_method("reweight", f"{_M}.reweight:ImportanceReweighting", family="domain-shallow")
+
+# -- other kinds of transfer ---------------------------------------------------------------
+register_method("prototypes", f"{_M}.prototypes:PrototypeClassifier", family="fewshot")
+register_method("siamese", f"{_M}.siamese:SiameseSimilarity", family="fewshot",
+                saves_bundle=True)
+register_method("distill", f"{_M}.distill:DistilledStudent", family="distill",
+                saves_bundle=True)
+register_method("zeroshot", f"{_M}.zeroshot:ZeroShotClassifier", family="zeroshot")
+register_method("multitask", f"{_M}.multitask:MultiTaskClassifier", family="multitask")
+register_method("autoencoder", f"{_M}.autoencoder:ConvAutoencoder", family="autoencoder")
+register_method("autoencoder-init", f"{_M}.autoencoder:AutoencoderInitialisedClassifier",
+                family="autoencoder")
+register_method("anomaly", f"{_M}.anomaly:AnomalyDetector", family="anomaly")
+
+_LAZY = {"LinearProbe": "linear_probe", "FineTuner": "finetune"}
+
+
+def __getattr__(name: str):
+    # PEP 562: `from transferkit.methods import LinearProbe` imports only what it names.
+    if name in _LAZY:
+        return method_class(_LAZY[name])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["FineTuner", "LinearProbe", "create_method", "list_methods", "method_class",
+           "register_method"]

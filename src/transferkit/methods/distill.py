@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError, NotFittedError
 from transferkit.methods.baselines import UNLABELLED
 
@@ -140,7 +139,6 @@ def _is_unlabelled(value) -> bool:
     return False
 
 
-@register_method("distill")
 class DistilledStudent(ClassifierMixin, BaseEstimator):
     """A small CNN trained on images with a teacher's soft targets (and hard labels).
 

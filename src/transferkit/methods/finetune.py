@@ -18,7 +18,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from transferkit.backbones import DEFAULT_BACKBONE
-from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError, NotFittedError
 from transferkit.train.groups import (
     classifier_name,
@@ -100,7 +99,6 @@ def _json_label(value):
     return value.item() if hasattr(value, "item") else value
 
 
-@register_method("finetune")
 class FineTuner(ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained timm network on image files (``X``: paths, ``y``: labels).
 

@@ -28,7 +28,6 @@ from transferkit.bundle import (
     check_config,
     check_width,
     first_line,
-    register_method,
 )
 from transferkit.errors import BundleError, DataError
 from transferkit.features.extract import FrozenFeaturesMixin, _as_paths
@@ -68,7 +67,6 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
     return classes, encoded
 
 
-@register_method("linear_probe")
 class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
     """Frozen backbone features + a shallow classifier (``logreg``, ``svm``, ``knn``, ``mlp``).
 
@@ -242,3 +240,13 @@ def load_classifier(path: Path):
         raise BundleError(f"{path} holds a {type(classifier).__name__}, not the classifier "
                           f"pipeline transferkit writes. {REDO_HINT}")
     return classifier
+
+
+def full_network_embedding(**params) -> LinearProbe:
+    """The Full-Network Embedding (Garcia-Gasulla et al. 2018, "On the Behavior of
+    Convolutional Nets for Feature Extraction"): every stage average-pooled, standardised
+    on the training set, discretised to -1/0/1, then a linear SVM (another ``classifier``
+    may be given)."""
+    params.setdefault("classifier", "svm")
+    params.update(layer="fne", pooling="avg", embedding="fne")  # FNE's definition
+    return LinearProbe(**params)

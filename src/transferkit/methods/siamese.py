@@ -36,7 +36,6 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
-from transferkit.bundle import register_method
 from transferkit.errors import BundleError, DataError
 from transferkit.features.extract import FrozenExtractor, _as_paths
 
@@ -154,7 +153,6 @@ def _check_pairs_labels(labels: np.ndarray, what: str) -> None:
                         "(e.g. 20 drawings per Omniglot character).")
 
 
-@register_method("siamese")
 class SiameseSimilarity(BaseEstimator):
     """A learned similarity for one-shot verification and N-way K-shot classification.
 
