@@ -27,7 +27,7 @@ from benchmarks._common import (
 from benchmarks.bench_domain_shallow import DIGIT_DATASETS, build_pairs
 from transferkit.data.digits import resize_domain
 from transferkit.methods import adda
-from transferkit.methods.deep_adaptation import DeepSourceOnly
+from transferkit.methods.domain._deep_base import DeepSourceOnly
 
 VARIANTS = {"conv features + first hidden layer (100-d, default)": adda.HIDDEN_LAYERS,
             "conv features only (1200-d)": 0}

@@ -62,7 +62,7 @@ def plan(root: Path, normal_class: str, n_train: int, n_per_anomaly: int, seed: 
 def features_of(paths: list[Path], args) -> tuple[dict[str, dict[Path, np.ndarray]], str]:
     """Every representation of every path, computed once (Lite0 through the cache)."""
     from transferkit.features.extract import FrozenExtractor
-    from transferkit.methods.raw_pixels import raw_pixels
+    from transferkit.features.raw_pixels import raw_pixels
 
     extractor = FrozenExtractor.from_name("efficientnet_lite0", cache_dir=args.cache_dir)
     result = extractor.extract(paths, progress=True)

@@ -44,7 +44,7 @@ from benchmarks._common import (
 )
 from transferkit.data.digits import read_mnist_m, split_labelled
 from transferkit.methods.autoencoder import AutoencoderInitialisedClassifier, ConvAutoencoder
-from transferkit.methods.deep_adaptation import DeepSourceOnly
+from transferkit.methods.domain._deep_base import DeepSourceOnly
 
 ROWS = ("random-initialised (from scratch)", "autoencoder-initialised, fine-tuned",
         "autoencoder encoder + logistic regression",

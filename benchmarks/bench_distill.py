@@ -4,7 +4,7 @@ Per seed: a seeded 40 train / 40 test split per class (17 classes, 680 + 680 ima
 laid out as ``train/`` and ``val/`` folders of symbolic links. The teacher is a
 linear-probe bundle (EfficientNet-Lite2 pre-logits features + logistic regression) made
 by ``transferkit.run.fit`` on the training images; then
-``transferkit.distill_job.distill`` (what ``transferkit distill`` runs) trains the same
+``transferkit.jobs.distill.run`` (what ``transferkit distill`` runs) trains the same
 small CNN from scratch twice, alone (cross-entropy) and distilled from the teacher's
 soft targets (temperature T, weight α), and scores teacher and students on the
 40-per-class test images. A second table keeps only 20 labelled training images per
@@ -91,7 +91,7 @@ def render(args, rows: list[dict], half_rows: list[dict], elapsed: float, machin
         f"Student: `{args.student}` ({params_s} parameters) on {args.image_size}×"
         f"{args.image_size} images, from scratch, {args.epochs} epochs (AdamW lr 3e-3, weight "
         "decay 5e-4, warm-up + cosine, batch 64, random flip/scale/shift), trained by "
-        "`transferkit.distill_job.distill` (what `transferkit distill` runs) once alone "
+        "`transferkit.jobs.distill.run` (what `transferkit distill` runs) once alone "
         "(cross-entropy) and once distilled with loss = α·T²·KL(teacher_T ‖ student_T) + "
         f"(1−α)·CE, T = {args.temperature:g}, α = {args.alpha:g}, same seed and batch order. "
         "Teacher logits = log of its class probabilities on the unaugmented training images, "
@@ -208,7 +208,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     from transferkit import run
     from transferkit.backbones import create_backbone
-    from transferkit.distill_job import distill
+    from transferkit.jobs.distill import run as distill
 
     args.teacher_input = create_backbone(args.teacher_backbone).data_config["input_size"][-1]
     started, machine = time.perf_counter(), announce_machine()

@@ -42,13 +42,13 @@ from benchmarks.bench_domain_shallow import DIGIT_DATASETS, build_pairs
 from transferkit.data.digits import resize_domain
 from transferkit.evaluate.domain import gap_closed
 from transferkit.methods import deep_adaptation
-from transferkit.methods.adda import ADDA
-from transferkit.methods.dann import DANN
-from transferkit.methods.deep_adaptation import DeepSourceOnly
-from transferkit.methods.deep_coral import DeepCORAL
-from transferkit.methods.domain_confusion import DomainConfusionSoftLabels
-from transferkit.methods.mmd import DAN
-from transferkit.methods.reconstruction import ReconstructionDA
+from transferkit.methods.domain._deep_base import DeepSourceOnly
+from transferkit.methods.domain.adda import ADDA
+from transferkit.methods.domain.dan import DAN
+from transferkit.methods.domain.dann import DANN
+from transferkit.methods.domain.deep_coral import DeepCORAL
+from transferkit.methods.domain.domain_confusion import DomainConfusionSoftLabels
+from transferkit.methods.domain.drcn import ReconstructionDA
 
 METHODS = {"source only": DeepSourceOnly, "DANN": DANN, "DAN (MK-MMD)": DAN,
            "Deep CORAL": DeepCORAL, "ADDA": ADDA, "DRCN": ReconstructionDA,

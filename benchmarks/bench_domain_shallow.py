@@ -41,12 +41,12 @@ from transferkit.data.digits import (
 )
 from transferkit.evaluate.domain import gap_closed, proxy_a_distance
 from transferkit.features.extract import FrozenExtractor
-from transferkit.methods.baselines import SourceOnly, TargetOracle
-from transferkit.methods.coral import CORAL
-from transferkit.methods.kmm import KMM
-from transferkit.methods.reweight import ImportanceReweighting
-from transferkit.methods.subspace import SubspaceAlignment
-from transferkit.methods.tca import TCA
+from transferkit.methods.domain._base import SourceOnly, TargetOracle
+from transferkit.methods.domain.coral import CORAL
+from transferkit.methods.domain.kmm import KMM
+from transferkit.methods.domain.reweight import ImportanceReweighting
+from transferkit.methods.domain.subspace import SubspaceAlignment
+from transferkit.methods.domain.tca import TCA
 
 DIGIT_DATASETS = ("mnist_t10k", "mnist_m", "usps")  # the folders build_pairs reads
 

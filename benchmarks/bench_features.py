@@ -183,7 +183,7 @@ def score_seed(feats: Features, labels, train, test, seed: int) -> tuple[dict, s
     """Test accuracy of every row for one split / seed; also the layer CV picked."""
     from sklearn.metrics import accuracy_score
 
-    from transferkit.methods.classifiers import make_probe_pipeline
+    from transferkit.features.classifiers import make_probe_pipeline
 
     X, y = feats.matrix, labels
     singles = {name: cols for name, cols in feats.columns.items()}

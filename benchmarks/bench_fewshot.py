@@ -3,12 +3,12 @@
 Data: ``../shared/datasets/omniglot_small``. Each run has 20 support drawings (one per
 character of one alphabet) and 20 queries; ``class_labels.txt`` names each query's
 support drawing. A query is classified by its nearest support drawing (cosine; with one
-shot the class prototype of :class:`~transferkit.methods.prototypes.PrototypeClassifier`
+shot the class prototype of :class:`~transferkit.methods.fewshot.prototypes.PrototypeClassifier`
 is that drawing), so the score is the share of the 400 queries classified right.
 
 * plain pretrained features: EfficientNet-Lite0 (bundled, ImageNet) features of one or
   more layers, no training — deterministic;
-* Siamese head: :class:`~transferkit.methods.siamese.SiameseSimilarity` (MLP on the same
+* Siamese head: :class:`~transferkit.methods.fewshot.siamese.SiameseSimilarity` (MLP on the same
   frozen features, contrastive loss, hard negatives) trained on the background sets
   ``images_background_small1`` + ``small2`` (292 characters, 5,840 drawings; 15% of the
   characters held out for early stopping and the EER threshold λ), one model per seed.
@@ -61,7 +61,7 @@ def read_runs(root: Path):
 
 def one_shot_accuracy(embed, runs, index) -> np.ndarray:
     """Accuracy of each run; ``embed(rows)`` maps feature rows to the space compared."""
-    from transferkit.methods.prototypes import PrototypeClassifier
+    from transferkit.methods.fewshot.prototypes import PrototypeClassifier
 
     scores = []
     for support, queries, truth in runs:
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from transferkit.features.extract import FrozenExtractor
-    from transferkit.methods.siamese import SiameseSimilarity
+    from transferkit.methods.fewshot.siamese import SiameseSimilarity
 
     started = time.perf_counter()
     machine = announce_machine()

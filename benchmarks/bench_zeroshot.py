@@ -115,7 +115,7 @@ def run(args) -> str:
     torch.set_num_threads(1)
     from transferkit.data import read_image_folder
     from transferkit.features.extract import FrozenExtractor
-    from transferkit.zeroshot_job import evaluate_zeroshot
+    from transferkit.jobs.zeroshot import evaluate_zeroshot
 
     start = time.perf_counter()
     machine = announce_machine()

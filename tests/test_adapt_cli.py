@@ -10,7 +10,7 @@ from PIL import Image
 
 from transferkit.cli import main
 from transferkit.data.digits import DigitDomain, write_image_folder
-from transferkit.methods.deep_adaptation import DeepSourceOnly
+from transferkit.methods.domain._deep_base import DeepSourceOnly
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

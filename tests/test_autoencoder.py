@@ -15,7 +15,7 @@ from transferkit.cli import main
 from transferkit.data.digits import DigitDomain, write_image_folder
 from transferkit.errors import DataError
 from transferkit.methods.autoencoder import AutoencoderInitialisedClassifier, ConvAutoencoder
-from transferkit.methods.deep_adaptation import DeepSourceOnly
+from transferkit.methods.domain._deep_base import DeepSourceOnly
 
 torch.set_num_threads(1)
 

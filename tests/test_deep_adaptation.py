@@ -11,21 +11,21 @@ import pytest
 import torch
 
 from transferkit.errors import DataError
-from transferkit.methods.adda import ADDA
-from transferkit.methods.dann import DANN, dann_lambda, gradient_reversal
-from transferkit.methods.deep_adaptation import (
+from transferkit.methods.domain._deep_base import (
     DeepSourceOnly,
     images_to_tensor,
     target_batchnorm_statistics,
 )
-from transferkit.methods.deep_coral import DeepCORAL, coral_loss
-from transferkit.methods.domain_confusion import (
+from transferkit.methods.domain.adda import ADDA
+from transferkit.methods.domain.dan import DAN, multi_kernel_mmd
+from transferkit.methods.domain.dann import DANN, dann_lambda, gradient_reversal
+from transferkit.methods.domain.deep_coral import DeepCORAL, coral_loss
+from transferkit.methods.domain.domain_confusion import (
     DomainConfusionSoftLabels,
     class_soft_labels,
     soft_label_loss,
 )
-from transferkit.methods.mmd import DAN, multi_kernel_mmd
-from transferkit.methods.reconstruction import ReconstructionDA
+from transferkit.methods.domain.drcn import ReconstructionDA
 
 
 def test_gradient_reversal_is_identity_forward_and_minus_lambda_backward():
@@ -174,7 +174,7 @@ def test_bad_input_is_refused_with_a_clear_error():
 
 
 def test_adda_keeps_the_source_classifier_and_trains_an_untied_target_encoder():
-    from transferkit.methods.adda import split_encoder
+    from transferkit.methods.domain.adda import split_encoder
 
     X, y = bars(120, 0)
     Xt, _ = bars(120, 1, colour_shift=True)
@@ -203,7 +203,7 @@ def test_adda_keeps_the_source_classifier_and_trains_an_untied_target_encoder():
 def test_adda_step_gives_each_player_only_its_own_gradient():
     from torch import nn
 
-    from transferkit.methods.adda import _adversarial_module
+    from transferkit.methods.domain.adda import _adversarial_module
 
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))

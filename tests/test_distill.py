@@ -9,12 +9,8 @@ import pytest
 import torch
 
 from transferkit.errors import DataError
-from transferkit.methods.distill import (
-    DistilledStudent,
-    build_student,
-    distillation_loss,
-    soften,
-)
+from transferkit.methods.distill import DistilledStudent, distillation_loss, soften
+from transferkit.nets.students import StudentCNN
 
 torch.set_num_threads(1)
 
@@ -192,7 +188,7 @@ def test_teacher_and_data_class_mismatch_is_a_clear_error():
 
 
 def test_job_refuses_data_with_classes_the_teacher_does_not_know(tmp_path):
-    from transferkit.distill_job import _check_classes
+    from transferkit.jobs.distill import _check_classes
 
     with pytest.raises(DataError, match=r"classes \['green'\] are unknown to the teacher"):
         _check_classes(["blue", "red"], ["blue", "green", "red"], tmp_path)
@@ -200,11 +196,11 @@ def test_job_refuses_data_with_classes_the_teacher_does_not_know(tmp_path):
 
 
 def test_students_are_much_smaller_than_a_lite_backbone():
-    small = sum(p.numel() for p in build_student("small-cnn", 17).parameters())
-    tiny = sum(p.numel() for p in build_student("tiny-cnn", 17).parameters())
+    small = sum(p.numel() for p in StudentCNN("small-cnn", 17).parameters())
+    tiny = sum(p.numel() for p in StudentCNN("tiny-cnn", 17).parameters())
     assert tiny < small < 500_000  # EfficientNet-Lite0 has ~3.4 M
     with pytest.raises(DataError, match="unknown student"):
-        build_student("resnet9000", 3)
+        StudentCNN("resnet9000", 3)
 
 
 def test_cli_distill_end_to_end(tmp_path, capsys, tiny_checkpoint, monkeypatch):
@@ -212,7 +208,8 @@ def test_cli_distill_end_to_end(tmp_path, capsys, tiny_checkpoint, monkeypatch):
 
     from conftest import write_class_folder
 
-    from transferkit import distill_job, run
+    from transferkit import run
+    from transferkit.jobs import distill as distill_job
     from transferkit.cli import main
 
     monkeypatch.setattr(distill_job, "SPEED_SECONDS", 0.05)

@@ -29,13 +29,13 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from transferkit.errors import DataError
 from transferkit.features.fne import FullNetworkEmbedding
-from transferkit.methods.baselines import SourceOnly, TargetOracle
-from transferkit.methods.coral import CORAL, CORALTransformer
-from transferkit.methods.kmm import KMM
-from transferkit.methods.prototypes import PrototypeClassifier
-from transferkit.methods.reweight import ImportanceReweighting
-from transferkit.methods.subspace import SubspaceAlignment, SubspaceAlignmentTransformer
-from transferkit.methods.tca import TCA, TCATransformer
+from transferkit.methods.domain._base import SourceOnly, TargetOracle
+from transferkit.methods.domain.coral import CORAL, CORALTransformer
+from transferkit.methods.domain.kmm import KMM
+from transferkit.methods.domain.reweight import ImportanceReweighting
+from transferkit.methods.domain.subspace import SubspaceAlignment, SubspaceAlignmentTransformer
+from transferkit.methods.domain.tca import TCA, TCATransformer
+from transferkit.methods.fewshot.prototypes import PrototypeClassifier
 from transferkit.methods.zeroshot import ZeroShotClassifier
 
 
@@ -218,13 +218,13 @@ def test_kmm_reports_its_solver_iterations():
 # -- the deep family: 32×32 image arrays, a CNN per fit ------------------------------------
 
 def _deep_methods():
-    from transferkit.methods.adda import ADDA
-    from transferkit.methods.dann import DANN
-    from transferkit.methods.deep_adaptation import DeepSourceOnly
-    from transferkit.methods.deep_coral import DeepCORAL
-    from transferkit.methods.domain_confusion import DomainConfusionSoftLabels
-    from transferkit.methods.mmd import DAN
-    from transferkit.methods.reconstruction import ReconstructionDA
+    from transferkit.methods.domain._deep_base import DeepSourceOnly
+    from transferkit.methods.domain.adda import ADDA
+    from transferkit.methods.domain.dan import DAN
+    from transferkit.methods.domain.dann import DANN
+    from transferkit.methods.domain.deep_coral import DeepCORAL
+    from transferkit.methods.domain.domain_confusion import DomainConfusionSoftLabels
+    from transferkit.methods.domain.drcn import ReconstructionDA
 
     return [DeepSourceOnly, DANN, DAN, DeepCORAL, ADDA, DomainConfusionSoftLabels,
             ReconstructionDA]

@@ -11,8 +11,8 @@ from conftest import write_class_folder
 from transferkit.cli import main
 from transferkit.errors import DataError
 from transferkit.evaluate.metrics import equal_error_rate
-from transferkit.methods.prototypes import PrototypeClassifier
-from transferkit.methods.siamese import SiameseSimilarity, contrastive_loss, triplet_loss
+from transferkit.methods.fewshot.prototypes import PrototypeClassifier
+from transferkit.methods.fewshot.siamese import SiameseSimilarity, contrastive_loss, triplet_loss
 
 torch.set_num_threads(1)
 
@@ -179,7 +179,7 @@ def test_save_and_load_a_similarity_bundle(tmp_path, tiny_checkpoint):
 
 
 def test_fewshot_train_then_fewshot_with_the_learned_similarity(tmp_path, tiny_checkpoint, capsys):
-    from transferkit.fewshot_job import fewshot_train
+    from transferkit.jobs.fewshot_train import run as fewshot_train
 
     path, arch = tiny_checkpoint
     # Nested background classes (alphabet/character/*.png, as Omniglot's).
@@ -237,7 +237,7 @@ def test_fewshot_cli_on_image_folders(tmp_path, capsys):
 
 def test_omniglot_one_shot_run_with_plain_features(shared_datasets, tmp_path):
     """One official run: 20 support characters, 20 queries; plain features beat chance."""
-    from transferkit.fewshot_job import fewshot
+    from transferkit.jobs.fewshot import run as fewshot
 
     run = shared_datasets / "omniglot_small" / "one_shot_runs" / "run01"
     pairs = [line.split() for line in (run / "class_labels.txt").read_text().splitlines() if line.strip()]

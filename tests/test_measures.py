@@ -22,7 +22,7 @@ from transferkit.evaluate import (
 )
 from transferkit.evaluate.cdfg import cdfg
 from transferkit.evaluate.negative_transfer import negative_transfer_check
-from transferkit.methods.raw_pixels import RawPixelClassifier
+from transferkit.features.raw_pixels import RawPixelClassifier
 
 # -- equal error rate ----------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ def _run_json(capsys, *argv) -> dict:
 def test_fit_checks_negative_transfer(tmp_path, capsys, tiny):
     import json
 
-    from transferkit.cli import _report_fit
+    from transferkit.jobs.fit import render as render_fit
 
     data = write_class_folder(tmp_path / "data", per_class=10, classes=("red", "blue", "green"))
     (data / "red" / "corrupt.png").write_bytes(b"\x89PNG broken")  # skipped, not fatal
@@ -331,7 +331,7 @@ def test_fit_checks_negative_transfer(tmp_path, capsys, tiny):
     assert saved["negative_transfer"]["verdict"] == check["verdict"]
     assert "Negative-transfer check" in (out / "report.html").read_text(encoding="utf-8")
 
-    _report_fit(fit)  # what `fit` prints without --json
+    print(render_fit(fit))  # what `fit` prints without --json
     printed = capsys.readouterr().out
     assert f"negative-transfer check: {check['verdict']}" in printed
 

@@ -12,12 +12,8 @@ from torch.nn import functional as F
 
 from transferkit.data.dataset import read_multitask_csv
 from transferkit.errors import DataError
-from transferkit.methods.multitask import (
-    MultiTaskClassifier,
-    MultiTaskNetwork,
-    combine_task_losses,
-    task_losses,
-)
+from transferkit.methods.multitask import MultiTaskClassifier, combine_task_losses, task_losses
+from transferkit.nets.multitask import MultiTaskNetwork
 
 torch.set_num_threads(1)
 

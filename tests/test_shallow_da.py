@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from transferkit.errors import DataError
-from transferkit.methods.baselines import SourceOnly, TargetOracle
-from transferkit.methods.coral import CORAL, CORALTransformer
-from transferkit.methods.kmm import KMM, kmm_weights
-from transferkit.methods.reweight import ImportanceReweighting
-from transferkit.methods.subspace import SubspaceAlignment, SubspaceAlignmentTransformer
-from transferkit.methods.tca import TCA, TCATransformer
+from transferkit.methods.domain._base import SourceOnly, TargetOracle
+from transferkit.methods.domain.coral import CORAL, CORALTransformer
+from transferkit.methods.domain.kmm import KMM, kmm_weights
+from transferkit.methods.domain.reweight import ImportanceReweighting
+from transferkit.methods.domain.subspace import SubspaceAlignment, SubspaceAlignmentTransformer
+from transferkit.methods.domain.tca import TCA, TCATransformer
 
 SEEDS = (0, 1, 2)
 

@@ -19,7 +19,7 @@ from transferkit.methods.zeroshot import (
     read_attribute_table,
     read_descriptions,
 )
-from transferkit.zeroshot_job import evaluate_zeroshot, resolve_unseen, split_zeroshot
+from transferkit.jobs.zeroshot import evaluate_zeroshot, resolve_unseen, split_zeroshot
 
 torch.set_num_threads(1)
 

@@ -35,7 +35,7 @@ def bundles(tmp_path_factory, tiny_checkpoint):
     """One small real bundle of each method that saves one, and an image to predict."""
     from transferkit.methods import FineTuner, LinearProbe
     from transferkit.methods.distill import DistilledStudent
-    from transferkit.methods.siamese import SiameseSimilarity
+    from transferkit.methods.fewshot.siamese import SiameseSimilarity
 
     root = tmp_path_factory.mktemp("bundles")
     path, arch = tiny_checkpoint

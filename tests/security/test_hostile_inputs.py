@@ -23,7 +23,8 @@ from PIL import Image
 
 from conftest import write_class_folder
 from transferkit import run
-from transferkit.cli import _report_fit, main
+from transferkit.cli import main
+from transferkit.jobs.fit import render as render_fit
 from transferkit.data.dataset import (
     collect_images,
     list_image_files,
@@ -157,7 +158,7 @@ def test_a_class_with_only_unreadable_files_is_reported_as_dropped(tmp_path, tin
     assert summary["classes"] == ["blue", "red"]
     assert summary["dropped_classes"] == ["green"]
 
-    _report_fit(summary)
+    print(render_fit(summary))
     printed = capsys.readouterr().out
     warning = [line for line in printed.splitlines() if "green" in line and "warning" in line]
     assert warning, printed

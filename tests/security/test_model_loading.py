@@ -25,11 +25,11 @@ import pytest
 import skops.io
 import torch
 
-import transferkit.methods.classifiers as classifiers
+import transferkit.features.classifiers as classifiers
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.cli import main
 from transferkit.errors import BackboneError, BundleError, TransferkitError
-from transferkit.methods.classifiers import CLASSIFIERS, make_probe_pipeline
+from transferkit.features.classifiers import CLASSIFIERS, make_probe_pipeline
 from transferkit.methods.linear_probe import TRUSTED_SKOPS_TYPES, LinearProbe, load_classifier
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -205,6 +205,21 @@ def test_a_classifier_file_that_would_run_code_is_refused(name, probe_file, tmp_
     assert not marker.exists()
 
 
+def test_a_classifier_file_holding_a_kd_tree_is_refused(tmp_path):
+    # A KD-tree is rebuilt from index arrays scikit-learn trusts without bounds checks: a
+    # crafted one crashed the process on load (found by a hostile audit). k-NN probes are
+    # brute force, so no file transferkit writes holds a tree, and one that does is refused.
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+
+    X, y = np.random.default_rng(0).normal(size=(20, 4)), np.repeat([0, 1], 10)
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(make_pipeline(KNeighborsClassifier(algorithm="kd_tree")).fit(X, y), path)
+    with pytest.raises(BundleError, match="KDTree"):
+        load_classifier(path)
+    assert "algorithm='brute'" in repr(_fitted("knn", 2, 30)[-1])
+
+
 def test_a_bundle_with_a_crafted_classifier_is_refused_by_predict(tmp_path, tiny_checkpoint,
                                                                   image_folder, capsys):
     path, arch = tiny_checkpoint
@@ -277,7 +292,7 @@ def weight_bundles(tmp_path_factory, tiny_checkpoint):
     """Small real bundles of the three methods whose learned state is safetensors."""
     from transferkit.methods import FineTuner
     from transferkit.methods.distill import DistilledStudent
-    from transferkit.methods.siamese import SiameseSimilarity
+    from transferkit.methods.fewshot.siamese import SiameseSimilarity
     from conftest import write_class_folder
 
     root = tmp_path_factory.mktemp("bundles")

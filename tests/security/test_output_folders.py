@@ -269,13 +269,13 @@ def teacher(image_folder, tmp_path, tiny_checkpoint) -> Path:
 
 def _command(name: str, data: Path, out: Path, tiny: list[str], monkeypatch) -> list[str]:
     """argv of ``name`` writing to ``out``, with the job's slow part made to explode."""
-    import transferkit.adapt as adapt
-    import transferkit.autoencoder_job as autoencoder_job
+    import transferkit.jobs.adapt as adapt
+    import transferkit.jobs.autoencoder as autoencoder_job
     import transferkit.data.digits as digits
-    import transferkit.demo as demo
+    import transferkit.data.embedded as embedded
     import transferkit.evaluate.layer_sweep as layer_sweep
     from transferkit.methods.anomaly import AnomalyDetector
-    from transferkit.methods.siamese import SiameseSimilarity
+    from transferkit.methods.fewshot.siamese import SiameseSimilarity
 
     if name == "adapt":
         monkeypatch.setattr(adapt._Representation, "__call__", _explode)
@@ -299,7 +299,7 @@ def _command(name: str, data: Path, out: Path, tiny: list[str], monkeypatch) -> 
         return ["anomaly", "--normal", str(data / "red"), "--test", str(data), *tiny,
                 "--out", str(out)]
     if name == "demo":
-        monkeypatch.setattr(demo, "write_embedded_set", _explode)
+        monkeypatch.setattr(embedded, "write_embedded_set", _explode)
         return ["demo", "--set", "textures", "--out", str(out)]
     raise AssertionError(name)
 
@@ -319,7 +319,7 @@ def test_every_command_refuses_a_folder_it_did_not_write(name, where, image_fold
 
 def test_distill_refuses_a_folder_it_did_not_write(teacher, image_folder, tmp_path, capsys,
                                                    monkeypatch):
-    import transferkit.distill_job as distill_job
+    import transferkit.jobs.distill as distill_job
 
     monkeypatch.setattr(distill_job, "teacher_logits", _explode)
     for out in (user_folder(tmp_path / "elsewhere"), teacher, image_folder):

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from transferkit.errors import DataError
-from transferkit.methods.classifiers import make_probe_pipeline
+from transferkit.features.classifiers import make_probe_pipeline
 
 
 def _risk(model, X, y) -> float:

@@ -21,9 +21,9 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from transferkit.data.validation import check_domains
 from transferkit.errors import DataError
-from transferkit.methods.baselines import check_domains
-from transferkit.methods.kmm import median_heuristic_gamma, rbf_kernel
+from transferkit.maths import median_heuristic_gamma, rbf_kernel
 
 
 def _subsample(X, n_max: int, rng) -> np.ndarray:

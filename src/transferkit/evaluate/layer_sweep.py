@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from transferkit.errors import DataError
-from transferkit.methods.classifiers import make_probe_pipeline
+from transferkit.features.classifiers import make_probe_pipeline
 
 
 @dataclass

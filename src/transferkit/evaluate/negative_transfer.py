@@ -23,7 +23,7 @@ from transferkit.errors import DataError
 def negative_transfer_check(transferred, X, y, baseline=None, folds: int = 5, repeats: int = 2,
                             alpha: float = 0.05, random_state: int = 0) -> dict:
     """Compare ``transferred`` with ``baseline`` (default raw pixels) on paired CV folds."""
-    from transferkit.methods.raw_pixels import RawPixelClassifier
+    from transferkit.features.raw_pixels import RawPixelClassifier
 
     baseline = baseline if baseline is not None else RawPixelClassifier(random_state=random_state)
     X = np.asarray([str(x) for x in X], dtype=object)

@@ -1,5 +1,8 @@
 """Transfer methods, one per file, each a scikit-learn-style estimator — and their catalogue.
 
+Families with several members are folders: ``domain/`` (domain adaptation, shallow and
+deep) and ``fewshot/``; the small networks they train live in :mod:`transferkit.nets`.
+
 Every method is registered here by name, family and place (see
 :mod:`transferkit.methods.registry`); nothing is imported until a method is created, so
 listing methods or parsing the command line imports no torch. ``LinearProbe`` and
@@ -14,6 +17,8 @@ from transferkit.methods.registry import (
 )
 
 _M = "transferkit.methods"
+_DOMAIN = f"{_M}.domain"
+_FEWSHOT = f"{_M}.fewshot"
 
 # -- fit: a classifier for the user's images ----------------------------------------------
 register_method("linear_probe", f"{_M}.linear_probe:LinearProbe", family="classifier",
@@ -26,30 +31,31 @@ register_method("finetune", f"{_M}.finetune:FineTuner", family="classifier",
                 saves_bundle=True, summary="train the network")
 
 # -- adapt: deep methods on Ganin & Lempitsky's small network ------------------------------
-register_method("deep-source-only", f"{_M}.deep_adaptation:DeepSourceOnly",
+register_method("deep-source-only", f"{_DOMAIN}._deep_base:DeepSourceOnly",
                 family="domain-deep", baseline=True)
-register_method("dann", f"{_M}.dann:DANN", family="domain-deep")
-register_method("dan", f"{_M}.mmd:DAN", family="domain-deep")
-register_method("deep-coral", f"{_M}.deep_coral:DeepCORAL", family="domain-deep")
-register_method("adda", f"{_M}.adda:ADDA", family="domain-deep")
-register_method("domain-confusion", f"{_M}.domain_confusion:DomainConfusionSoftLabels",
+register_method("dann", f"{_DOMAIN}.dann:DANN", family="domain-deep")
+register_method("dan", f"{_DOMAIN}.dan:DAN", family="domain-deep")
+register_method("deep-coral", f"{_DOMAIN}.deep_coral:DeepCORAL", family="domain-deep")
+register_method("adda", f"{_DOMAIN}.adda:ADDA", family="domain-deep")
+register_method("domain-confusion", f"{_DOMAIN}.domain_confusion:DomainConfusionSoftLabels",
                 family="domain-deep", semi_supervised=True)
-register_method("drcn", f"{_M}.reconstruction:ReconstructionDA", family="domain-deep")
+register_method("drcn", f"{_DOMAIN}.drcn:ReconstructionDA", family="domain-deep")
 
 # -- adapt: shallow methods on frozen features ---------------------------------------------
-register_method("source-only", f"{_M}.baselines:SourceOnly", family="domain-shallow",
+register_method("source-only", f"{_DOMAIN}._base:SourceOnly", family="domain-shallow",
                 baseline=True)
-register_method("target-oracle", f"{_M}.baselines:TargetOracle", family="domain-shallow",
+register_method("target-oracle", f"{_DOMAIN}._base:TargetOracle", family="domain-shallow",
                 baseline=True)
-register_method("coral", f"{_M}.coral:CORAL", family="domain-shallow")
-register_method("subspace", f"{_M}.subspace:SubspaceAlignment", family="domain-shallow")
-register_method("tca", f"{_M}.tca:TCA", family="domain-shallow")
-register_method("kmm", f"{_M}.kmm:KMM", family="domain-shallow")
-register_method("reweight", f"{_M}.reweight:ImportanceReweighting", family="domain-shallow")
+register_method("coral", f"{_DOMAIN}.coral:CORAL", family="domain-shallow")
+register_method("subspace", f"{_DOMAIN}.subspace:SubspaceAlignment", family="domain-shallow")
+register_method("tca", f"{_DOMAIN}.tca:TCA", family="domain-shallow")
+register_method("kmm", f"{_DOMAIN}.kmm:KMM", family="domain-shallow")
+register_method("reweight", f"{_DOMAIN}.reweight:ImportanceReweighting",
+                family="domain-shallow")
 
 # -- other kinds of transfer ---------------------------------------------------------------
-register_method("prototypes", f"{_M}.prototypes:PrototypeClassifier", family="fewshot")
-register_method("siamese", f"{_M}.siamese:SiameseSimilarity", family="fewshot",
+register_method("prototypes", f"{_FEWSHOT}.prototypes:PrototypeClassifier", family="fewshot")
+register_method("siamese", f"{_FEWSHOT}.siamese:SiameseSimilarity", family="fewshot",
                 saves_bundle=True)
 register_method("distill", f"{_M}.distill:DistilledStudent", family="distill",
                 saves_bundle=True)

@@ -21,11 +21,11 @@ al. 2011, "Stacked convolutional auto-encoders for hierarchical feature extracti
 denoising: Vincent et al. 2008.
 
 ``E`` is the feature extractor of Ganin & Lempitsky's digit network
-(:func:`~transferkit.methods.deep_adaptation.build_digit_network`, 1200-d at width 1) and
-``D`` the mirrored decoder of DRCN
-(:func:`~transferkit.methods.reconstruction.build_digit_decoder`),
+(:func:`~transferkit.nets.digits.digit_encoder`, 1200-d at width 1) and ``D`` the mirrored
+decoder of DRCN (:func:`~transferkit.nets.digits.digit_decoder`), together
+:class:`~transferkit.nets.digits.DigitAutoencoder`,
 so the encoder's weights drop unchanged into the classifier's ``features``, and the
-randomly initialised baseline (:class:`~transferkit.methods.deep_adaptation.DeepSourceOnly`)
+randomly initialised baseline (:class:`~transferkit.methods.domain._deep_base.DeepSourceOnly`)
 is the very same network. Both stages train in the project's one loop
 (:func:`transferkit.train.fit_loop`). Inputs are 32×32 image arrays ``(N, 32, 32[, 3])``,
 uint8 0–255 or floats in [0, 1]; the loss is measured on the network's [−1, 1] scale.
@@ -41,30 +41,7 @@ from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.errors import DataError
-from transferkit.methods.deep_adaptation import DeepSourceOnly, images_to_tensor
-
-
-class _AutoencoderNetwork:
-    """Namespace for the torch module, built lazily so importing this file needs no torch."""
-
-    @staticmethod
-    def create(width: int):
-        from torch import nn
-
-        from transferkit.methods.deep_adaptation import build_digit_network
-        from transferkit.methods.reconstruction import build_digit_decoder
-
-        class Autoencoder(nn.Module):
-            def __init__(self):
-                super().__init__()
-                # build_digit_network's `features` is E; its classifier is not needed here.
-                self.encoder, _, self.n_features = build_digit_network(2, width)
-                self.decoder = build_digit_decoder(width)
-
-            def forward(self, x):
-                return self.decoder(self.encoder(x))
-
-        return Autoencoder()
+from transferkit.methods.domain._deep_base import DeepSourceOnly, images_to_tensor
 
 
 def _config(estimator, epochs: int, desc: str):
@@ -110,6 +87,7 @@ class ConvAutoencoder(TransformerMixin, BaseEstimator):
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
+        from transferkit.nets.digits import DigitAutoencoder
         from transferkit.train.loop import fit_loop
 
         images = images_to_tensor(X)
@@ -122,7 +100,7 @@ class ConvAutoencoder(TransformerMixin, BaseEstimator):
         n_val = min(n_val, len(images) - 1)
         val_rows, train_rows = order[:n_val], order[n_val:]
         torch.manual_seed(int(self.random_state))  # initial weights and batch order
-        model = _AutoencoderNetwork.create(self.width)
+        model = DigitAutoencoder(self.width)
         train_loader = DataLoader(TensorDataset(images[train_rows]), batch_size=self.batch_size,
                                   shuffle=True, drop_last=len(train_rows) > self.batch_size)
         val_loader = None

@@ -15,7 +15,7 @@ The teacher is anything that gives logits for the transfer set (computed once, b
 caller: e.g. the log-probabilities of a saved transferkit bundle, which for a
 multinomial logistic regression equal its logits up to a per-row constant, and softmax
 ignores that). The student is a small CNN on ``image_size``×``image_size`` RGB images
-(:data:`STUDENTS`), trained from scratch in the project's one loop
+(:data:`transferkit.nets.students.STUDENTS`), trained from scratch in the project's one loop
 (:func:`transferkit.train.fit_loop`) with light augmentation (flip, scale, shift).
 Fitted without ``teacher_logits`` it is the same student trained alone (cross-entropy
 only): the baseline distillation has to beat.
@@ -29,13 +29,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from transferkit.data.validation import UNLABELLED
 from transferkit.errors import BundleError, DataError, NotFittedError
-from transferkit.methods.baselines import UNLABELLED
 
 WEIGHTS_FILE = "student.safetensors"
-# name → channels of the conv stages (each: 3×3 conv, BatchNorm, ReLU, 2×2 max-pool;
-# the last stage is global-average pooled instead): ~0.39 M and ~0.1 M parameters.
-STUDENTS = {"small-cnn": (32, 64, 128, 256), "tiny-cnn": (16, 32, 64, 128)}
 _MEAN, _STD = 0.45, 0.25  # rough per-pixel normalisation; BatchNorm does the rest
 
 
@@ -88,24 +85,7 @@ def distillation_loss(student_logits, teacher_logits, labels=None, temperature: 
     return loss
 
 
-# -- the student network ---------------------------------------------------------------
-
-def build_student(name: str, n_classes: int, dropout: float = 0.3):
-    """The student network ``name`` (a key of :data:`STUDENTS`) for ``n_classes``."""
-    from torch import nn
-
-    if name not in STUDENTS:
-        raise DataError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}.")
-    layers, previous = [], 3
-    widths = STUDENTS[name]
-    for i, width in enumerate(widths):
-        layers += [nn.Conv2d(previous, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True)]
-        layers.append(nn.MaxPool2d(2) if i < len(widths) - 1 else nn.AdaptiveAvgPool2d(1))
-        previous = width
-    layers += [nn.Flatten(), nn.Dropout(dropout), nn.Linear(previous, n_classes)]
-    return nn.Sequential(*layers)
-
+# -- the student's inputs (the network: transferkit.nets.students) ------------------
 
 def _augment(images):
     """Random horizontal flip, scale 0.85–1.15 and shift ±10 % per image (one grid_sample)."""
@@ -176,6 +156,8 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
 
     # -- inputs ------------------------------------------------------------------------
     def _check_params(self) -> None:
+        from transferkit.nets.students import STUDENTS
+
         if self.student not in STUDENTS:
             raise DataError(f"unknown student {self.student!r}; choose one of {sorted(STUDENTS)}.")
         if not self.temperature > 0:
@@ -268,6 +250,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
+        from transferkit.nets.students import StudentCNN
         from transferkit.train.loop import TrainConfig, fit_loop
 
         self._check_params()
@@ -300,7 +283,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         self.n_unlabelled_ = int((labels == UNLABELLED).sum())
 
         torch.manual_seed(int(self.random_state))
-        model = build_student(self.student, len(self.classes_), self.dropout)
+        model = StudentCNN(self.student, len(self.classes_), self.dropout)
         batch_size = int(self.batch_size)
         loader = DataLoader(TensorDataset(images, labels, soft), batch_size=batch_size,
                             shuffle=True, drop_last=len(images) > batch_size)
@@ -393,6 +376,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
             load_weights,
             read_tensors,
         )
+        from transferkit.nets.students import StudentCNN
 
         schema = {"student": "string", "image_size": "integer", "classes": CLASS_NAMES,
                   "distilled?": "boolean", "history?": ["object"]}
@@ -408,7 +392,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         classes = config["classes"]
         check_classes(folder, classes)  # their number is checked by the head's shape below
         state = read_tensors(folder, WEIGHTS_FILE)
-        model = build_student(config["student"], len(classes), estimator.dropout)
+        model = StudentCNN(config["student"], len(classes), estimator.dropout)
         load_weights(folder, WEIGHTS_FILE, model, state,
                      f"the {config['student']!r} student for {len(classes)} classes")
         estimator.classes_ = np.asarray(classes)

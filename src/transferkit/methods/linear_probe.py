@@ -30,8 +30,8 @@ from transferkit.bundle import (
     first_line,
 )
 from transferkit.errors import BundleError, DataError
+from transferkit.features.classifiers import make_probe_pipeline
 from transferkit.features.extract import FrozenFeaturesMixin, _as_paths
-from transferkit.methods.classifiers import make_probe_pipeline
 
 SKOPS_FILE = "classifier.skops"
 # The exact types beyond skops' own safe defaults that the pipelines of
@@ -44,10 +44,8 @@ TRUSTED_SKOPS_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.metrics._classification.balanced_accuracy_score",
-    "sklearn.metrics._dist_metrics.EuclideanDistance64",
     "sklearn.metrics._scorer._Scorer",
     "sklearn.model_selection._split.StratifiedKFold",
-    "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "transferkit.features.fne.FullNetworkEmbedding",
 )

@@ -46,38 +46,17 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 from torch.nn import functional as F
 
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.errors import DataError
+from transferkit.nets.multitask import MultiTaskNetwork
 
 MISSING = -1  # an encoded label meaning "this row has no label for this task"
 WEIGHTINGS = ("fixed", "uncertainty")
 
 
-# -- the network and its loss --------------------------------------------------------
-class MultiTaskNetwork(nn.Module):
-    """Shared layers, then one head per task (a ``ModuleList`` in task order).
-
-    ``forward(x)`` returns a list of logits, one ``(batch, n_classes_t)`` tensor per
-    task. ``log_vars`` (one ``s_t`` per task) is a parameter when ``uncertainty``.
-    """
-
-    def __init__(self, n_features: int, n_classes: Sequence[int], hidden: int = 128,
-                 head_hidden: int = 64, dropout: float = 0.3, uncertainty: bool = False):
-        super().__init__()
-        self.shared = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout))
-        self.heads = nn.ModuleList([
-            nn.Sequential(nn.Linear(hidden, head_hidden), nn.ReLU(), nn.Linear(head_hidden, c))
-            if head_hidden else nn.Linear(hidden, c) for c in n_classes])
-        self.log_vars = nn.Parameter(torch.zeros(len(n_classes))) if uncertainty else None
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        shared = self.shared(x)
-        return [head(shared) for head in self.heads]
-
-
+# -- the loss --------------------------------------------------------------------------
 def task_losses(logits: Sequence[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor | None]:
     """Each task's mean cross-entropy over the rows labelled for it (``None``: no such row).
 

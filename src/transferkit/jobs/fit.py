@@ -1,0 +1,304 @@
+"""``transferkit fit``: train a classifier on a folder of images and save it as a model
+folder (weights, config, metrics, report). Its methods are the registry's ``classifier``
+family."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+from pathlib import Path
+
+from transferkit.backbones.registry import DEFAULT_BACKBONE
+from transferkit.errors import DataError, TransferkitError
+from transferkit.jobs import _options
+from transferkit.jobs._common import class_names, score_images, skipped_fields, skipped_lines
+
+NAME = "fit"
+HELP = "train a classifier on a folder of images and save it"
+
+# Command-line spellings of run() keywords whose flag is not simply --the-keyword.
+_FLAGS = {"use_cache": "--no-cache", "fuse": "--backbone-fuse", "random_state": "--seed"}
+
+
+def _components_or_share(text: str) -> int | float:
+    """``--pca``: a number of components when >= 1, else a share of the variance."""
+    value = float(text)
+    return int(value) if value >= 1 else value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from transferkit.methods import list_methods
+    from transferkit.methods.registry import method_spec
+
+    methods = list_methods(family="classifier")
+    parser.add_argument("data", help="folder (class sub-folders, optionally train/ val/ test/) "
+                        "or CSV with path,label columns")
+    _options.add_out(parser, "model folder to write", default="transferkit-model")
+    parser.add_argument("--method", choices=methods, help="; ".join(
+        f"{name}: {method_spec(name).summary}" for name in methods) + f" (default {methods[0]})")
+    _options.add_backbone(parser)
+    parser.add_argument("--backbone-fuse", dest="fuse", metavar="BACKBONE",
+                        action="append", help="another backbone whose features are "
+                        "concatenated (repeatable)")
+    probe = parser.add_argument_group("linear_probe / fne")
+    probe.add_argument("--classifier", choices=_options.PROBE_CLASSIFIERS,
+                       help="the shallow classifier (default logreg; svm for fne)")
+    probe.add_argument("--layer", help="layer(s) to use: a name, a comma-separated list, "
+                       "'stages' or 'all' (see `transferkit backbones --layers`); default "
+                       "pre_logits")
+    probe.add_argument("--pooling", choices=_options.POOLINGS, help="default avg")
+    probe.add_argument("--normalise", choices=["l2"], help="L2-normalise each feature vector")
+    probe.add_argument("--pca", type=_components_or_share,
+                       help="PCA: components if >= 1, else share of variance")
+    _options.add_val_fraction(parser, "share of each class held out when DATA has no val/ "
+                              "folder (default 0.2)")
+    _options.add_seed(parser)
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="do not write report.html into the model folder")
+    parser.add_argument("--check-negative-transfer", action="store_true",
+                        help="linear_probe / fne: cross-validate the model against raw pixels "
+                        "on the training images and report whether transfer hurts")
+    fine = parser.add_argument_group("finetune")
+    fine.add_argument("--strategy", choices=["head", "last-k", "full", "gradual"])
+    fine.add_argument("--k", type=int, help="groups unfrozen by last-k")
+    fine.add_argument("--epochs", type=int)
+    fine.add_argument("--lr", type=float)
+    fine.add_argument("--lr-factor", type=float, help="learning-rate ratio between groups")
+    fine.add_argument("--batch-size", type=int)
+    fine.add_argument("--patience", type=int)
+    _options.add_device(fine)
+    fine.add_argument("--head", choices=["linear", "mlp"], help="the new head (default linear)")
+    fine.add_argument("--label-smoothing", type=float)
+    fine.add_argument("--rand-augment", action="store_true",
+                      help="add RandAugment to timm's training augmentation")
+    fine.add_argument("--image-size", type=int, help="train and predict at this size in pixels")
+    fine.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                      help="fp32 (default), bf16 autocast, or fp16 on a GPU")
+    _options.add_cache(parser)
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _create_estimator(method: str, options: dict, random_state: int):
+    """The estimator of ``method`` with ``options``; an option it has no use for (it lacks
+    the parameter, or the method fixes its value, as fne fixes the layer) is refused rather
+    than silently dropped."""
+    from transferkit.methods import method_class
+
+    build = method_class(method)
+    unused = set(options) - set(build().get_params())
+    if not unused:
+        estimator = build(random_state=random_state, **options)
+        params = estimator.get_params()
+        unused = {name for name, value in options.items() if params[name] != value}
+    if unused:
+        one = len(unused) == 1
+        raise TransferkitError(f"{', '.join(sorted(map(_flag, unused)))} "
+                               f"{'does' if one else 'do'} not apply to --method {method}; "
+                               f"drop {'it' if one else 'them'}.")
+    return estimator
+
+
+def _classes_lost_to_unreadable_files(images, skipped) -> dict[str, str]:
+    """Classes none of whose ``images`` could be read, each with its first file's reason."""
+    reasons = {str(path): reason for path, reason in skipped}
+    lost = {}
+    for label, name in enumerate(images.classes):
+        members = [str(path) for path, own in zip(images.paths, images.labels) if own == label]
+        if members and all(path in reasons for path in members):
+            lost[name] = reasons[members[0]]
+    return lost
+
+
+def _refuse_too_few_readable_classes(splits, skipped) -> dict[str, str]:
+    """The classes whose training images were all unreadable (the model cannot have learnt
+    them); a :class:`DataError` naming them when fewer than two classes are left."""
+    lost = _classes_lost_to_unreadable_files(splits.train, skipped)
+    kept = [name for name in splits.classes if name not in lost]
+    if lost and len(kept) < 2:
+        # One line, even when a file name holds a line break.
+        detail = "; ".join(f"{name!r}, e.g. {reason}" for name, reason in lost.items())
+        detail = detail.replace("\n", " ")
+        raise DataError(f"every training image of {len(lost)} class(es) was unreadable ({detail}), "
+                        f"which leaves {kept or 'no class'}; a classifier needs at least two "
+                        "classes. Fix or replace those files.")
+    return lost
+
+
+def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_probe",
+        val_fraction: float = 0.2, random_state: int = 0, report: bool = True,
+        check_negative_transfer: bool = False, overwrite: bool = False, fuse=(),
+        **options) -> dict:
+    """Train ``method`` on the images in ``data`` and save the model in ``out``.
+
+    ``options`` go to the method's estimator (e.g. ``backbone``, ``classifier``,
+    ``cache_dir``, ``progress``); one the method does not take is refused. ``fuse``:
+    further backbones whose features are concatenated to ``backbone``'s. ``report``: also
+    write ``out/report.html``. ``check_negative_transfer`` (linear_probe, fne):
+    cross-validate a fresh copy of the estimator against raw pixels on the training
+    images and put the verdict in the summary under ``"negative_transfer"`` (see
+    :func:`negative_transfer_summary`). ``out`` must be new, empty or written by
+    transferkit, and apart from ``data``; a saved model there is replaced only with
+    ``overwrite`` (see :mod:`transferkit.outputs`). Returns the summary printed by
+    ``transferkit fit --json``.
+    """
+    from transferkit.bundle import save_bundle
+    from transferkit.data import load_dataset
+    from transferkit.methods import list_methods
+    from transferkit.outputs import prepare_output_folder
+
+    start = time.perf_counter()
+    if method not in list_methods(family="classifier"):
+        raise TransferkitError(f"unknown method {method!r}; choose one of "
+                               f"{', '.join(list_methods(family='classifier'))}.")
+    cheap = list_methods(family="classifier", refits_cheaply=True)
+    if check_negative_transfer and method not in cheap:
+        raise TransferkitError(f"the negative-transfer check refits the model on every fold, "
+                               f"which only the feature-based methods "
+                               f"({', '.join(cheap)}) do cheaply; drop "
+                               f"--check-negative-transfer for {method} or use one of those.")
+    if fuse:
+        options["backbone"] = "+".join([options.get("backbone") or DEFAULT_BACKBONE, *fuse])
+    # Before reading data: a refused option costs nothing.
+    estimator = _create_estimator(method, options, random_state)
+    splits = load_dataset(data, val_fraction=val_fraction, random_state=random_state)
+    # Before any training: a refused --out costs nothing and changes nothing.
+    folder = prepare_output_folder(out, command="fit", inputs=(data,), overwrite=overwrite)
+    work, stale_work_error = None, ()  # () catches nothing: no work folder, no stale one
+    if method == "finetune" and estimator.get_params().get("run_dir") is None:
+        from transferkit.outputs import WORK_FOLDER
+        from transferkit.train.loop import RunMismatchError as stale_work_error
+
+        # Checkpoints in the model folder: rerunning an interrupted fit resumes it.
+        work = Path(out) / WORK_FOLDER
+        estimator.set_params(run_dir=str(work))
+    with warnings.catch_warnings(record=True):
+        # Skipped images are reported once, in the summary, not as a warning per call.
+        warnings.simplefilter("ignore")
+        try:
+            estimator.fit(splits.train.paths, class_names(splits.train),
+                          X_val=splits.val.paths, y_val=class_names(splits.val))
+        except stale_work_error as exc:
+            raise stale_work_error(f"{work} holds an interrupted fit with other settings or data; "
+                                   "add --overwrite (overwrite=True) to start over, or give "
+                                   "another --out.") from exc
+        except DataError:
+            # "need at least two classes" hides why: say which classes were unreadable.
+            _refuse_too_few_readable_classes(splits, getattr(estimator, "skipped_", []))
+            raise
+    lost_classes = _refuse_too_few_readable_classes(splits, estimator.skipped_)
+    val_outputs: dict = {}
+    val_metrics, val_skipped = score_images(estimator, splits.val, val_outputs)
+    # Only training images count against n_train; the validation ones are in val_skipped.
+    train_files = {str(path) for path in splits.train.paths}
+    train_skipped = [(path, reason) for path, reason in estimator.skipped_
+                     if str(path) in train_files]
+    skipped = train_skipped + list(val_skipped)
+    if splits.test is not None:
+        test_metrics, test_skipped = score_images(estimator, splits.test)
+        skipped += test_skipped
+    else:
+        test_metrics = None
+    seconds = time.perf_counter() - start
+    summary = {
+        "method": method,
+        "out": str(Path(out)),
+        "backbone": getattr(estimator, "backbone", None),
+        "classes": [str(c) for c in estimator.classes_],
+        "dropped_classes": list(lost_classes),
+        "validation": splits.validation_source,
+        "n_train": int(len(splits.train) - len(train_skipped)),
+        "n_val": int(val_metrics["n"]),
+        **skipped_fields(skipped),
+        "val_accuracy": val_metrics["accuracy"],
+        "val_balanced_accuracy": val_metrics["balanced_accuracy"],
+        "val_metrics": val_metrics,
+        "extract_seconds": float(getattr(estimator, "extract_seconds_", 0.0)),
+        "seconds": seconds,
+    }
+    for key in ("epochs_run_", "best_epoch_"):
+        if hasattr(estimator, key):
+            summary[key.rstrip("_")] = int(getattr(estimator, key))
+    if test_metrics is not None:
+        summary["test_accuracy"] = test_metrics["accuracy"]
+        summary["test_balanced_accuracy"] = test_metrics["balanced_accuracy"]
+        summary["test_metrics"] = test_metrics
+    if check_negative_transfer:
+        summary["negative_transfer"] = negative_transfer_summary(estimator, splits.train,
+                                                                 random_state)
+    data_summary = {"source": str(Path(data).resolve()), "validation": splits.validation_source,
+                    "train_counts": splits.train.counts(), "val_counts": splits.val.counts()}
+    save_bundle(estimator, folder, metrics={k: v for k, v in summary.items() if k != "skipped"},
+                extra={"data": data_summary, "skipped": summary["skipped"]}, overwrite=overwrite)
+    if report:
+        summary["report"] = str(_write_report(estimator, splits, val_outputs, out))
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _write_report(estimator, splits, val_outputs: dict, out) -> Path:
+    """``report_data.json`` (validation predictions, feature map) and ``report.html``."""
+    from transferkit.outputs import write_json_atomic
+    from transferkit.report.html import REPORT_DATA, collect_report_data, write_report
+
+    data = collect_report_data(estimator, splits.train.paths, class_names(splits.train),
+                               splits.val.paths, class_names(splits.val), val_outputs["proba"],
+                               val_outputs["ok"])
+    write_json_atomic(Path(out) / REPORT_DATA, data)
+    return write_report(out)
+
+
+def negative_transfer_summary(estimator, images, random_state: int = 0) -> dict:
+    """:func:`~transferkit.evaluate.negative_transfer.negative_transfer_check` of a fitted
+    feature-based ``estimator`` on ``images`` (its training images): a fresh clone of it
+    vs :class:`~transferkit.features.raw_pixels.RawPixelClassifier` with the same
+    classifier, on the same folds. Images the estimator could not read are left out."""
+    from sklearn.base import clone
+
+    from transferkit.evaluate.negative_transfer import negative_transfer_check
+    from transferkit.features.classifiers import CLASSIFIERS
+    from transferkit.features.raw_pixels import RawPixelClassifier
+
+    unreadable = {str(path) for path, _ in getattr(estimator, "skipped_", [])}
+    keep = [i for i, path in enumerate(images.paths) if str(path) not in unreadable]
+    images = images.subset(keep)
+    transferred = clone(estimator)
+    if "progress" in transferred.get_params():
+        transferred.set_params(progress=False)  # one bar per fold would be noise
+    classifier = getattr(estimator, "classifier", "logreg")
+    baseline = RawPixelClassifier(classifier=classifier if classifier in CLASSIFIERS else "logreg",
+                                  random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return negative_transfer_check(transferred, images.paths, class_names(images),
+                                       baseline=baseline, random_state=random_state)
+
+
+def render(summary: dict) -> str:
+    lines = skipped_lines(summary)
+    for name in summary.get("dropped_classes", []):
+        lines.append(f"warning: no training image of class {name!r} could be read, so the model "
+                     "has not learnt it (see the skipped files above)")
+    lines += [f"validation: {summary['validation']}",
+              f"train {summary['n_train']} images, validation {summary['n_val']} images, "
+              f"classes {', '.join(summary['classes'])}",
+              f"val accuracy {summary['val_accuracy']:.3f}, balanced accuracy "
+              f"{summary['val_balanced_accuracy']:.3f}"]
+    if "test_accuracy" in summary:
+        lines.append(f"test accuracy {summary['test_accuracy']:.3f}, balanced accuracy "
+                     f"{summary['test_balanced_accuracy']:.3f}")
+    lines.append(f"saved model to {summary['out']} ({summary['seconds']:.1f} s, features "
+                 f"{summary['extract_seconds']:.1f} s)")
+    if "negative_transfer" in summary:
+        check = summary["negative_transfer"]
+        lines.append(f"negative-transfer check: {check['verdict']} (balanced accuracy "
+                     f"{check['transferred_balanced_accuracy']['mean']:.3f} vs raw pixels "
+                     f"{check['baseline_balanced_accuracy']['mean']:.3f}, p = "
+                     f"{check['p_value']:.3g}, {check['protocol']})")
+    if "report" in summary:
+        lines.append(f"report: {summary['report']}")
+    return "\n".join(lines)

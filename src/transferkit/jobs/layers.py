@@ -1,0 +1,68 @@
+"""``transferkit layers``: the layer-transferability sweep — a classifier cross-validated on
+every layer of a backbone, written as layers.csv/json/png."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transferkit.backbones.registry import DEFAULT_BACKBONE
+from transferkit.jobs import _options
+from transferkit.jobs._common import format_table, pooled_images
+
+NAME = "layers"
+HELP = ("layer-transferability sweep: cross-validate a classifier on every layer of a "
+        "backbone")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("data", help="labelled images (train and val parts are pooled)")
+    _options.add_backbone(parser)
+    parser.add_argument("--layer", dest="layers", metavar="LAYER",
+                        help="layers to probe (default all)")
+    parser.add_argument("--pooling", choices=_options.POOLINGS, help="default avg")
+    parser.add_argument("--folds", type=int, help="cross-validation folds (default 5)")
+    parser.add_argument("--classifier", choices=("ridge", *_options.PROBE_CLASSIFIERS),
+                        help="the probe (default ridge: fast, closed-form CV)")
+    _options.add_seed(parser)
+    _options.add_out(parser, "folder for layers.csv/json/png", default="layer-sweep")
+    _options.add_cache(parser)
+
+
+def run(data: str | os.PathLike, out: str | os.PathLike = "layer-sweep",
+        backbone: str | None = None, weights: str | None = None, arch: str | None = None,
+        layers: str = "all", pooling: str = "avg", folds: int = 5, classifier: str = "ridge",
+        random_state: int = 0, cache_dir=None, use_cache: bool = True, progress: bool = False,
+        overwrite: bool = False) -> dict:
+    """Sweep ``layers`` of ``backbone`` on the images of ``data`` (train and val parts
+    pooled) and write ``layers.csv``, ``layers.json`` and the plot to ``out``, which must be
+    new, empty or written by transferkit (see :mod:`transferkit.outputs`). The sweep always
+    reads and fills the feature cache: ``use_cache`` is accepted for the command line's
+    ``--no-cache`` but the sweep has no uncached mode. Returns the summary of
+    ``transferkit layers --json``."""
+    from transferkit.evaluate.layer_sweep import layer_sweep, write_sweep
+    from transferkit.outputs import prepare_output_folder
+
+    backbone = backbone or DEFAULT_BACKBONE
+    images = pooled_images(data, random_state=random_state)
+    prepare_output_folder(out, command="layers", inputs=(data,), overwrite=overwrite)
+    sweep = layer_sweep(images.paths, images.labels, backbone=backbone, weights=weights,
+                        arch=arch, layers=layers, pooling=pooling, folds=folds,
+                        classifier=classifier, random_state=random_state, cache_dir=cache_dir,
+                        progress=progress)
+    summary = sweep.to_dict()
+    summary["files"] = write_sweep(sweep, out, title=f"{Path(data).name}: {backbone} layers",
+                                   overwrite=overwrite)
+    return summary
+
+
+def render(summary: dict) -> str:
+    rows = [["layer", "dim", "balanced accuracy", "seconds"]]
+    for row in summary["rows"]:
+        rows.append([row["layer"], str(row["dim"]), f"{row['balanced_accuracy_mean']:.3f} ± "
+                     f"{row['balanced_accuracy_std']:.3f}", f"{row['seconds']:.2f}"])
+    return "\n".join([
+        format_table(rows),
+        f"best single layer: {summary['best_layer']}; best overall: {summary['best_overall']} "
+        f"({summary['folds']}-fold CV, {summary['classifier']}, {summary['n_images']} images)",
+        f"wrote {summary['files']['csv']}, {summary['files']['plot']}"])
