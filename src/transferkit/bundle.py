@@ -4,10 +4,12 @@ Every method's estimator implements two hooks:
 
 * ``_save_artifacts(folder) -> dict``: write its learned state (safetensors for tensors,
   skops for scikit-learn objects; never pickle) and return the JSON-able config it needs;
-* classmethod ``_load_artifacts(folder, config) -> estimator``.
+* classmethod ``_load_artifacts(folder, config) -> estimator``;
+
+and :data:`METHOD_FILES` lists the file names its ``_save_artifacts`` writes.
 
 The method name in ``config.json`` picks the class on load through the method registry
-(:mod:`transferkit.methods.registry`), so this module knows no method by itself.
+(:mod:`transferkit.methods.registry`), so this module imports no method.
 """
 
 from __future__ import annotations
@@ -20,8 +22,28 @@ import time
 from pathlib import Path
 
 from transferkit.errors import BundleError
+from transferkit.outputs import write_json_atomic
 
 FORMAT_VERSION = 1
+
+# The files each bundle-saving method's ``_save_artifacts`` writes, its weights first, and
+# those every bundle has. Overwriting a model replaces or removes only these names (with the
+# marker and the work folder): a marker or config.json listing more was edited, and what it
+# lists may be the user's (see :func:`transferkit.outputs.own_entries`). save_bundle refuses
+# a method that writes a name missing here, so the list cannot fall behind the methods.
+COMMON_FILES = ("config.json", "metrics.json")
+METHOD_FILES = {
+    "linear_probe": ("classifier.skops",),
+    "fne": ("classifier.skops",),  # saved as linear_probe; listed since it saves bundles too
+    "finetune": ("model.safetensors", "metrics.csv", "learning_curves.png"),
+    "siamese": ("embedding.safetensors",),
+    "distill": ("student.safetensors",),
+}
+
+
+def bundle_file_names() -> set[str]:
+    """Every name a saved model has in its folder, whatever its method."""
+    return {*COMMON_FILES, *(name for files in METHOD_FILES.values() for name in files)}
 
 
 def _versions() -> dict:
@@ -35,12 +57,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def write_json_atomic(path: Path, payload) -> None:
-    from transferkit.outputs import write_json_atomic as write
-
-    write(path, payload)
 
 
 def save_bundle(estimator, folder: str | os.PathLike, metrics: dict | None = None,
@@ -75,6 +91,12 @@ def save_bundle(estimator, folder: str | os.PathLike, metrics: dict | None = Non
         config = {"format_version": FORMAT_VERSION, "method": method,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": _versions()}
         config.update(estimator._save_artifacts(staging))
+        unknown = sorted({p.name for p in staging.iterdir()}
+                         - {*COMMON_FILES, *METHOD_FILES.get(method, ())})
+        if unknown:
+            raise BundleError(f"{type(estimator).__name__} wrote {', '.join(unknown)}, which "
+                              f"transferkit.bundle.METHOD_FILES does not list for {method!r}; "
+                              "add them there, or an overwrite could not replace them.")
         if extra:
             config.update(extra)
         write_json_atomic(staging / "metrics.json", metrics or {})
@@ -106,7 +128,7 @@ def _install_in_place(staging: Path, folder: Path, names: list[str], own_before:
     """Move the staged bundle into the existing ``folder`` (which may be the working
     directory, so it is never renamed). ``config.json`` goes first out and last in: in
     between the folder reads as an unfinished run, never as a mix of two models."""
-    from transferkit.outputs import MARKER, remove_entry
+    from transferkit.outputs import LAYOUTS, MARKER, OWN_PREFIX, remove_entry
 
     foreign = [n for n in names if n != MARKER and os.path.lexists(folder / n)
                and n not in own_before]
@@ -122,8 +144,12 @@ def _install_in_place(staging: Path, folder: Path, names: list[str], own_before:
                 remove_entry(target)  # os.replace cannot put a folder over a file or folder
             os.replace(staging / name, target)
     # What the previous run left and this model does not replace: the old model's other
-    # files, the training work folder (its weights are in the model now).
-    for name in sorted(own_before - set(names)):
+    # files, the training work folder (its weights are in the model now). Nothing else,
+    # even if transferkit wrote it (a demo's data, say): saving a model replaces a model.
+    stale = {name for name in own_before - set(names)
+             if name.startswith(OWN_PREFIX) or name in bundle_file_names()
+             or name in LAYOUTS["fit"].entries}
+    for name in sorted(stale):
         if os.path.lexists(folder / name):
             remove_entry(folder / name)
     os.replace(staging / "config.json", folder / "config.json")
@@ -269,6 +295,90 @@ def check_width(folder: Path, n_features: int, width: int, source: str) -> None:
                           f"edited. {REDO_HINT}")
 
 
+def check_param_values(folder: Path, params: dict, choices: dict | None = None,
+                       positive: tuple[str, ...] = ()) -> None:
+    """The values of ``params`` the schema cannot judge: each of ``choices``' names one of
+    its allowed values (what fit accepts for it), each of ``positive`` an integer >= 1.
+    A parameter left out of ``params`` takes the constructor's default, which is valid."""
+    for name, allowed in (choices or {}).items():
+        if name in params and not any(_same_json(params[name], value) for value in allowed):
+            shown = ", ".join("none" if value is None else repr(value) for value in allowed)
+            raise BundleError(f"{Path(folder) / 'config.json'}: params.{name} is "
+                              f"{params[name]!r}, not one of {shown}; the file was edited. "
+                              f"{REDO_HINT}")
+    for name in positive:
+        value = params.get(name, 1)
+        if _json_type(value) != "integer" or value < 1:
+            raise BundleError(f"{Path(folder) / 'config.json'}: params.{name} is {value!r}, not "
+                              f"a positive integer; the file was edited. {REDO_HINT}")
+
+
+def _same_json(value, allowed) -> bool:
+    # 1 == True and 0 == False in Python; in JSON they are different values.
+    return _json_type(value) == _json_type(allowed) and value == allowed
+
+
+def check_own_params(folder: Path, check):
+    """``check()``'s result: an estimator's own check of its parameters (or a step that
+    checks them, as building the feature extractor checks the layer names) run on what
+    ``config.json`` gave it. What fit refuses, loading refuses too, as a BundleError."""
+    from transferkit.errors import BackboneError, TransferkitError
+
+    try:
+        return check()
+    except (BundleError, BackboneError):
+        raise  # a backbone that cannot be built here: its own message says why
+    except TransferkitError as exc:
+        raise BundleError(f"{Path(folder) / 'config.json'}: {first_line(exc)} The file was "
+                          f"edited. {REDO_HINT}") from exc
+
+
+def check_backbone_names(folder: Path, names, where: str = "params") -> None:
+    """Refuse a backbone or architecture name that is neither a bundled backbone nor a
+    timm architecture when it holds ``/`` or ``:``: timm reads such a name as a place
+    ("hf-hub:owner/repo", "local-dir:/path") and would fetch or read its files while the
+    model loads. ``names``: (field, name) pairs; a field may join names with ``+``."""
+    import timm
+
+    from transferkit.backbones import list_backbones
+
+    bundled = {backbone["name"] for backbone in list_backbones()}
+    for field, value in names:
+        # None: the default backbone, or no checkpoint architecture. The schema lets a list
+        # of strings stand for a string; building fails on it, but without fetching.
+        joined = "+".join(v for v in value if isinstance(v, str)) if isinstance(value, list) \
+            else value if isinstance(value, str) else ""
+        for name in (part.strip() for part in joined.split("+") if part.strip()):
+            # "timm/NAME" is how the timm hub names NAME's weights (see create_backbone).
+            plain = name.removeprefix("timm/")
+            if ("/" in name or ":" in name) and name not in bundled and not (
+                    "/" not in plain and ":" not in plain and timm.is_model(plain)):
+                raise BundleError(f"{Path(folder) / 'config.json'}: {where}.{field} names "
+                                  f"{name!r}, which is neither a bundled backbone nor a timm "
+                                  "architecture; loading it would fetch files from elsewhere. "
+                                  f"The file was edited. {REDO_HINT}")
+
+
+def saved_params(estimator, not_saved: tuple[str, ...] = ()) -> dict:
+    """``estimator.get_params()`` as ``config.json`` keeps them: JSON values (numpy scalars
+    as Python numbers, paths as strings) and the ``weights`` checkpoint as an absolute
+    path, so the model also loads from another working folder."""
+    import numpy as np
+
+    params = {}
+    for name, value in estimator.get_params().items():
+        if name in not_saved:
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if name == "weights" and value is not None:
+            value = str(Path(value).resolve())
+        params[name] = value
+    return params
+
+
 def read_tensors(folder: Path, filename: str) -> dict:
     """The tensors of a bundle's safetensors file (a format that cannot hold code)."""
     from safetensors.torch import load_file
@@ -332,7 +442,9 @@ def read_config(folder: str | os.PathLike) -> dict:
     if not isinstance(config, dict):
         raise BundleError(f"{config_path}: damaged (a JSON {_json_type(config)}, not an object). "
                           f"{REDO_HINT}")
-    if config.get("format_version") != FORMAT_VERSION:
+    version = config.get("format_version")
+    # true and 1.0 both equal 1 in Python; transferkit only ever wrote the integer.
+    if type(version) is not int or version != FORMAT_VERSION:
         raise BundleError(f"{folder}: bundle format {config.get('format_version')!r} is not "
                           f"supported by this transferkit (format {FORMAT_VERSION}).")
     if not isinstance(config.get("method"), str):

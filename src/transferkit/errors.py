@@ -29,6 +29,3 @@ class BundleError(TransferkitError):
 class CacheError(TransferkitError):
     """The feature cache is unusable (unwritable folder, mismatched entries)."""
 
-
-class NotFittedError(TransferkitError, AttributeError):
-    """An estimator was used before ``fit``."""

@@ -9,16 +9,26 @@ part, and :func:`transferkit.bundle.save_bundle` applies the same rules again. T
 * the output may not be an input (data folder, teacher model...), lie inside one, or
   contain one;
 * a folder transferkit wrote holds :data:`MARKER` (or, for models written before the
-  marker existed, a ``config.json`` with ``format_version`` and ``method``). It is written
-  again only with ``overwrite=True``, except when it holds an unfinished run of the same
-  command: that run resumes from the checkpoints it left.
+  marker existed, a ``config.json`` of the current format naming a bundle-saving method,
+  beside that method's weights). It is written again only with ``overwrite=True``, except
+  when it holds an unfinished run of the same command: that run resumes from the
+  checkpoints it left;
+* a link is never written through: a link where a command writes is refused, and every
+  file is written as a temporary file moved over its path (``os.replace`` replaces a
+  link rather than following it);
+* a run that fails leaves no empty output folder behind (see
+  :func:`removes_new_output_on_failure`).
 
-Writers replace only the entries transferkit wrote (the marker lists them); files a user
-added to such a folder are kept.
+Writers replace only the entries transferkit wrote. The marker lists them, but a marker is
+a file anyone can edit: only names transferkit itself writes (:func:`transferkit_names`)
+ever count, so files a user added to such a folder are kept, whatever the marker says.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import io
 import json
 import os
 import secrets
@@ -107,19 +117,45 @@ def apply_default_modes(root: Path) -> None:
             os.chmod(path, wanted)
 
 
-def write_json_atomic(path: Path, payload) -> None:
-    """Write ``payload`` as JSON through a temporary file and ``os.replace``, with the mode
-    a plain ``open`` would give (``mkstemp`` alone makes it 0600)."""
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """The one way transferkit writes a file: through a temporary file in the same folder
+    and ``os.replace``, so a reader sees the old content or the new, never a part; with
+    the mode a plain ``open`` would give (``mkstemp`` alone makes it 0600). A link at
+    ``path`` is replaced, never written through. ``durable`` fsyncs before the rename, so
+    a crash cannot leave an empty file under the new name; the feature cache skips it
+    (an empty entry is recomputed, and one fsync per image would cost more than it saves)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, default_mode())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def save_figure_atomic(figure, path: Path, **savefig_options) -> Path:
+    """``figure.savefig`` into memory, then :func:`write_bytes_atomic`: matplotlib itself
+    opens the path, which would follow a link there."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    savefig_options.setdefault("format", path.suffix.lstrip(".").lower() or "png")
+    figure.savefig(buffer, **savefig_options)
+    write_bytes_atomic(path, buffer.getvalue())
+    return path
 
 
 def make_staging_folder(parent: Path, prefix: str) -> Path:
@@ -154,21 +190,55 @@ def read_marker(folder: Path) -> dict | None:
     return marker if marker is not None and marker.get("created_by") == "transferkit" else None
 
 
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
 def bundle_config(folder: Path) -> dict | None:
-    """The ``config.json`` of a saved model in ``folder``, or None."""
-    config = _read_json_object(Path(folder) / "config.json")
-    if config is not None and "format_version" in config and "method" in config:
-        return config
-    return None
+    """The ``config.json`` of a saved model in ``folder``, or None.
+
+    Many projects keep a ``config.json``; it counts as a model's only when it is of the
+    current bundle format, names a registered bundle-saving method and that method's
+    weights lie beside it (a regular file, not a link)."""
+    from transferkit.bundle import FORMAT_VERSION, METHOD_FILES
+    from transferkit.methods import list_methods
+
+    folder = Path(folder)
+    config = _read_json_object(folder / "config.json")
+    if config is None:
+        return None
+    version, method = config.get("format_version"), config.get("method")
+    # type(): true == 1 in Python, but a JSON true is no format version.
+    if type(version) is not int or version != FORMAT_VERSION or not isinstance(method, str):
+        return None
+    if method not in METHOD_FILES or method not in list_methods(saves_bundle=True):
+        return None
+    return config if _is_regular_file(folder / METHOD_FILES[method][0]) else None
 
 
 def is_transferkit_folder(folder: Path) -> bool:
     return read_marker(folder) is not None or bundle_config(folder) is not None
 
 
+def transferkit_names() -> frozenset[str]:
+    """Every top-level name a command or a saved model writes, and the marker: the only
+    names a marker or ``config.json`` can claim as transferkit's."""
+    from transferkit.bundle import bundle_file_names
+
+    commands = (name for layout in LAYOUTS.values() for name in layout.entries)
+    return frozenset({MARKER, *commands, *bundle_file_names()})
+
+
 def marked_files(marker: dict | None) -> set[str]:
-    """The entry names a marker lists as written by transferkit."""
-    return {n for n in (marker or {}).get("files", []) if _plain_name(n)}
+    """The entry names a marker lists as written by transferkit, less any name transferkit
+    never writes: a marker is a file anyone can edit."""
+    listed = (marker or {}).get("files", [])
+    if not isinstance(listed, list):
+        return set()
+    return {n for n in listed if _plain_name(n)} & transferkit_names()
 
 
 def own_entries(folder: Path) -> set[str]:
@@ -179,11 +249,12 @@ def own_entries(folder: Path) -> set[str]:
     names |= marked_files(marker)
     config = bundle_config(folder)
     if config is not None:
-        names.update({"config.json", "metrics.json"})
-        names.update(n for n in config.get("files", []) if _plain_name(n))
+        files = config.get("files")
+        listed = {"config.json", "metrics.json", *(files if isinstance(files, list) else [])}
         if marker is None and "files" not in config:
             # A model saved before markers existed: fit also wrote its report there.
-            names.update(LAYOUTS["fit"].entries)
+            listed.update(LAYOUTS["fit"].entries)
+        names |= {n for n in listed if _plain_name(n)} & transferkit_names()
     return names
 
 
@@ -195,6 +266,13 @@ def mark_output_folder(folder: Path, command: str | None, entries=()) -> None:
     write_json_atomic(folder / MARKER, {
         "created_by": "transferkit", "command": command or marker.get("command"),
         "version": __version__, "files": sorted(files)})
+
+
+def input_folders(*path_lists) -> set[Path]:
+    """The folders holding the images of ``path_lists`` (e.g. the rows of a CSV), as inputs
+    for :func:`prepare_output_folder`: an output over them would delete the data just used.
+    One entry per folder, so the check stays cheap for any number of images."""
+    return {Path(path).parent for paths in path_lists if paths is not None for path in paths}
 
 
 def remove_entry(path: Path) -> None:
@@ -288,6 +366,17 @@ def _check_existing_folder(folder: Path, shown: str, command: str | None,
                                 "there, or give another output folder.")
 
 
+def _refuse_links(folder: Path, names, shown: str) -> None:
+    """A link is never something transferkit wrote (it writes files and folders): whoever
+    put it there may mean it, so it is refused rather than replaced or followed."""
+    linked = sorted(name for name in names if (folder / name).is_symlink())
+    if linked:
+        what = "is a symbolic link" if len(linked) == 1 else "are symbolic links"
+        raise OutputFolderError(f"{shown}: {', '.join(linked)} {what}, and transferkit never "
+                                "writes through a link; remove it or give another output "
+                                "folder (nothing was changed).")
+
+
 def check_output_folder(out, *, command: str | None = None, inputs=(),
                         overwrite: bool = False) -> Path:
     """Apply the module's rules to ``out`` without changing anything; returns it resolved.
@@ -313,8 +402,11 @@ def prepare_output_folder(out, *, command: str, inputs=(), overwrite: bool = Fal
     new ones are written. Returns the resolved folder."""
     layout = LAYOUTS[command]
     folder = check_output_folder(out, command=command, inputs=inputs, overwrite=overwrite)
+    new_folder = not folder.exists()
+    new_marker = not os.path.lexists(folder / MARKER)
     if folder.is_dir():
         own = own_entries(folder)
+        _refuse_links(folder, {*layout.entries, MARKER, *own}, _shown(out, folder))
         taken = [n for n in layout.entries if os.path.lexists(folder / n) and n not in own]
         if taken:
             raise OutputFolderError(f"{_shown(out, folder)}: {', '.join(taken)} was not written "
@@ -326,13 +418,59 @@ def prepare_output_folder(out, *, command: str, inputs=(), overwrite: bool = Fal
                     remove_entry(folder / name)
     folder.mkdir(parents=True, exist_ok=True)
     mark_output_folder(folder, command, layout.entries)
+    prepared = _prepared_in_this_run.get()
+    if prepared is not None and new_marker:
+        prepared.append((folder, new_folder))
     return folder
+
+
+# (folder, whether it was created) for each folder prepare_output_folder marked during the
+# job running in this context; None outside a job.
+_prepared_in_this_run: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "transferkit_prepared_outputs", default=None)
+
+
+def _undo_preparation(folder: Path, created: bool) -> None:
+    try:
+        if [p.name for p in folder.iterdir()] != [MARKER]:
+            return  # the job wrote something (checkpoints to resume from, say): keep it
+        (folder / MARKER).unlink()
+        if created:
+            folder.rmdir()
+    except OSError:
+        pass  # only tidying: the job's own error is what the user needs to see
+
+
+def removes_new_output_on_failure(job):
+    """Decorate a job's ``run``: when it fails, an output folder it had
+    :func:`prepare_output_folder` mark, and that still holds nothing but the marker, is
+    taken back (removed if this run created it, else left as it was found), so a refused
+    run leaves nothing behind."""
+
+    @functools.wraps(job)
+    def run(*args, **kwargs):
+        prepared: list = []
+        token = _prepared_in_this_run.set(prepared)
+        try:
+            return job(*args, **kwargs)
+        except BaseException:
+            for folder, created in reversed(prepared):
+                _undo_preparation(folder, created)
+            raise
+        finally:
+            _prepared_in_this_run.reset(token)
+
+    return run
 
 
 def check_output_file(out, *, written_by_transferkit, inputs=(), overwrite: bool = False,
                       what: str = "file") -> Path:
     """Rules for a command that writes one file: a new path, or (with ``overwrite``) a file
     that ``written_by_transferkit(path)`` recognises. Returns the resolved path."""
+    if Path(out).is_symlink():
+        raise OutputFolderError(f"{out}: is a symbolic link, and transferkit never writes "
+                                f"through a link; give the path of a new or regular {what} "
+                                "(nothing was changed).")
     path = resolve_output(out)
     shown = _shown(out, path)
     check_not_an_input(path, inputs, shown)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import skops.io
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.cli import main
 from transferkit.errors import BundleError
@@ -116,6 +116,12 @@ def _schema(text: str, compression: int = zipfile.ZIP_STORED):
     return skops_file
 
 
+def _strategy(name):
+    def change(config, kind):
+        config["strategy"] = config["params"]["strategy"] = name
+    return change
+
+
 def _add_class(config, kind):
     config["classes"] = config["classes"] + ["extra"]
 
@@ -157,7 +163,7 @@ CASES = [
     ("backbone digest not a string", ("linear_probe", "siamese"),
      _set("backbone", "weights_digest", 5), "backbone.weights_digest should be string"),
     ("arch from the internet", ("finetune",), _set("arch", "hf-hub:someone/model"),
-     "not a timm architecture"),
+     "timm architecture"),
     ("another arch", ("finetune",), _set("arch", "resnet18"), "classifier|does not hold"),
     ("head of unknown kind", ("finetune",), _set("head", "kind", "conv"), "head kind"),
     ("head with an extra key", ("finetune",), _set("head", "extra", 1), "unexpected key"),
@@ -178,6 +184,37 @@ CASES = [
      _write("weights", _schema(" " * 30_000_000, zipfile.ZIP_DEFLATED)), "would unpack"),
     ("skops of another object", ("linear_probe",), _write("weights", _another_skops_object),
      "not the classifier pipeline"),
+    # Values the schema's types let through (hostile audit): each is refused as fit would.
+    ("format version a boolean", "all", _set("format_version", True), "bundle format True"),
+    ("format version a float", "all", _set("format_version", 1.0), "bundle format 1.0"),
+    ("unknown classifier", ("linear_probe",), _set("params", "classifier", "ridge"),
+     "params.classifier is 'ridge', not one of"),
+    ("unknown embedding", ("linear_probe",), _set("params", "embedding", "pca"),
+     "params.embedding"),
+    ("unknown normalisation", ("linear_probe",), _set("params", "normalise", "l1"),
+     "params.normalise"),
+    ("pca negative", ("linear_probe",), _set("params", "pca", -3), "params.pca"),
+    ("unknown pooling", ("linear_probe", "siamese"), _set("params", "pooling", "median"),
+     "params.pooling"),
+    ("unknown runtime", ("linear_probe", "siamese"), _set("params", "runtime", "fast"),
+     "params.runtime"),
+    ("batch size zero", "all", _set("params", "batch_size", 0), "batch_size"),
+    ("batch size negative", "all", _set("params", "batch_size", -8), "batch_size"),
+    ("unknown layer", ("linear_probe", "siamese"), _set("params", "layer", "no_such_layer"),
+     "config.json: unknown layer"),
+    ("layers other than params.layer", ("linear_probe", "siamese"), _set("layers", ["bn1"]),
+     "params.layer gives"),
+    ("arch a hub repository", ("linear_probe", "siamese", "finetune"),
+     _set("params", "arch", "hf-hub:attacker/evil"), "params.arch names 'hf-hub:attacker/evil'"),
+    ("backbone a hub repository", ("linear_probe", "siamese", "finetune"),
+     _set("params", "backbone", "hf-hub:attacker/evil"), "params.backbone names"),
+    ("backbone a local folder", ("linear_probe",),
+     _set("params", "backbone", "efficientnet_lite0+local-dir:/tmp"), "'local-dir:/tmp'"),
+    ("strategy disagrees", ("finetune",), _set("strategy", "full"), "disagrees"),
+    ("unknown strategy", ("finetune",), _edit_config(_strategy("sideways")), "unknown strategy"),
+    ("head disagrees", ("finetune",), _set("params", "head", "mlp"), "disagrees"),
+    ("unknown precision", ("finetune",), _set("params", "precision", "fp8"), "precision"),
+    ("unknown device", ("distill",), _set("params", "device", "tpu"), "params.device"),
 ]
 PARAMS = [pytest.param(kind, edit, expected, id=f"{kind}: {case}")
           for case, kinds, edit, expected in CASES

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit import run
 from transferkit.cli import main
 from transferkit.jobs.fit import render as render_fit

@@ -293,7 +293,7 @@ def weight_bundles(tmp_path_factory, tiny_checkpoint):
     from transferkit.methods import FineTuner
     from transferkit.methods.distill import DistilledStudent
     from transferkit.methods.fewshot.siamese import SiameseSimilarity
-    from conftest import write_class_folder
+    from builders import write_class_folder
 
     root = tmp_path_factory.mktemp("bundles")
     path, arch = tiny_checkpoint
@@ -399,3 +399,145 @@ def test_a_cached_feature_vector_that_is_a_pickle_is_recomputed_not_run(tmp_path
     with pytest.warns(UserWarning, match="unreadable"):
         assert cache.get(key) is None
     assert not marker.exists()
+
+
+# -- parts that do not fit together, and what a bundle keeps --------------------------------
+@pytest.fixture(scope="module")
+def probe_bundle(tmp_path_factory, tiny_checkpoint):
+    """A real linear-probe bundle on the tiny checkpoint, and an image to predict."""
+    from builders import write_class_folder
+
+    root = tmp_path_factory.mktemp("probe")
+    path, arch = tiny_checkpoint
+    paths = sorted(str(p) for p in write_class_folder(root / "images", per_class=4).glob("*/*.png"))
+    probe = LinearProbe(weights=str(path), arch=arch, runtime="eager",
+                        cache_dir=str(root / "cache")).fit(paths, [Path(p).parent.name for p in paths])
+    return save_bundle(probe, root / "model"), paths[0]
+
+
+def test_a_classifier_whose_inner_steps_disagree_is_refused_at_load(probe_bundle, tmp_path,
+                                                                    capsys):
+    # The audit's evil_width: the scaler takes the bundle's 256 features, the classifier
+    # behind it 10. Loading checked only the ends, so predict died with a traceback.
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    bundle, image = probe_bundle
+    folder = shutil.copytree(bundle, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, config["n_features"])), np.arange(40) % 2
+    skops.io.dump(Pipeline([("scale", StandardScaler().fit(X)),
+                            ("classify", LogisticRegression().fit(X[:, :10], y))]),
+                  folder / "classifier.skops")
+    with pytest.raises(BundleError, match="steps do not fit together") as refused:
+        load_bundle(folder)
+    assert "\n" not in str(refused.value)
+    capsys.readouterr()
+    assert main(["predict", str(folder), image]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_classifier_claiming_more_features_than_its_file_holds_is_refused(tmp_path):
+    # The probe row is as wide as the claim: a lie would allocate gigabytes before failing.
+    pipeline = _fitted("logreg", 2, 4)
+    pipeline[0].n_features_in_ = 10**9  # the pipeline reports its first step's
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(pipeline, path)
+    with pytest.raises(BundleError, match="claims 1000000000 input features"):
+        load_classifier(path)
+
+
+def _fit_with_relative_weights(kind: str, tiny_checkpoint, folder: Path, paths):
+    from transferkit.methods.fewshot.siamese import SiameseSimilarity
+
+    path, arch = tiny_checkpoint
+    shutil.copy(path, folder / "tiny.safetensors")
+    if kind == "siamese":
+        rng = np.random.default_rng(0)
+        return SiameseSimilarity(weights="tiny.safetensors", arch=arch, epochs=1, hidden=8,
+                                 embedding_dim=4, device="cpu").fit_features(
+            rng.normal(size=(12, 8)).astype(np.float32), np.repeat(np.arange(3), 4))
+    return LinearProbe(weights="tiny.safetensors", arch=arch, runtime="eager").fit(
+        paths, [Path(p).parent.name for p in paths])
+
+
+@pytest.mark.parametrize("kind", ["linear_probe", "siamese"])
+def test_a_relative_weights_path_is_saved_absolute(kind, tiny_checkpoint, image_folder, tmp_path,
+                                                   monkeypatch):
+    # Saved as given, "tiny.safetensors" pointed at a file of whatever folder predict ran in.
+    paths = sorted(str(p) for p in image_folder.glob("*/*.png"))
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(here)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = save_bundle(_fit_with_relative_weights(kind, tiny_checkpoint, here, paths),
+                             tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["params"]["weights"] == str(here / "tiny.safetensors")
+    monkeypatch.chdir(elsewhere)
+    assert load_bundle(folder).weights == str(here / "tiny.safetensors")
+
+    # A bundle saved before keeps its relative path, and says what is missing (in a new
+    # process: this one still holds the backbone built from "tiny.safetensors" in here/).
+    from transferkit.features.extract import shared_backbone
+
+    config["params"]["weights"] = "tiny.safetensors"
+    (folder / "config.json").write_text(json.dumps(config))
+    shared_backbone.cache_clear()
+    with pytest.raises(BackboneError, match="tiny.safetensors does not exist") as missing:
+        load_bundle(folder)
+    assert "\n" not in str(missing.value)
+
+
+def test_numpy_integers_in_params_are_saved_as_json_numbers(tiny_checkpoint, image_folder,
+                                                            tmp_path):
+    # json's default=str wrote them as "4" and "3", which loading then refused.
+    path, arch = tiny_checkpoint
+    paths = sorted(str(p) for p in image_folder.glob("*/*.png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = LinearProbe(weights=str(path), arch=arch, runtime="eager", pca=np.int64(4),
+                            cv=np.int64(3), batch_size=np.int32(8)).fit(
+            paths, [Path(p).parent.name for p in paths])
+    folder = save_bundle(probe, tmp_path / "model")
+    params = json.loads((folder / "config.json").read_text())["params"]
+    assert (params["pca"], params["cv"], params["batch_size"]) == (4, 3, 8)
+    loaded = load_bundle(folder)
+    assert (loaded.pca, loaded.cv) == (4, 3)
+    np.testing.assert_allclose(loaded.predict_proba(paths[:2]), probe.predict_proba(paths[:2]))
+
+
+# -- images that cannot be read ---------------------------------------------------------------
+def test_fit_with_no_readable_validation_image_stops_with_one_line(tmp_path, tiny_checkpoint,
+                                                                   capsys):
+    # The audit's tv/: good training images, one garbage .png per validation class. Scoring
+    # gave scikit-learn an empty array: "ValueError: Found array with 0 sample(s)".
+    from builders import write_class_folder
+
+    path, arch = tiny_checkpoint
+    data = tmp_path / "tv"
+    write_class_folder(data / "train", per_class=4)
+    for name in ("red", "blue"):
+        (data / "val" / name).mkdir(parents=True)
+        (data / "val" / name / "garbage.png").write_bytes(b"\x89PNG not an image")
+    assert main(["fit", str(data), "--out", str(tmp_path / "o_tv"), "--weights", str(path),
+                 "--arch", arch, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: none of the 2 validation images could be read")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert str(data / "val" / "red" / "garbage.png") in err
+    assert str(data / "val" / "blue" / "garbage.png") in err
+    assert not (tmp_path / "o_tv" / "config.json").exists()  # nothing was saved
+
+
+def test_predicting_only_unreadable_images_gives_no_rows(probe_bundle, tmp_path):
+    bundle, _ = probe_bundle
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image")
+    proba, ok, skipped = load_bundle(bundle).predict_paths([str(garbage)])
+    assert proba.shape == (0, 2) and not ok.any() and skipped[0][0] == str(garbage)

@@ -4,11 +4,16 @@ Regression tests for: ``fit --out`` replacing whatever folder it was given (the 
 folder, its parent with the user's code, an unrelated folder, a file); an existing model
 replaced with the user's extra files in it deleted; ``--out .`` crashing after training;
 model folders created 0700 whatever the umask; the same holes in every command that
-writes a folder or a file.
+writes a folder or a file. And, from a hostile audit: a marker or config.json listing the
+user's files as transferkit's; links at output names (report.html, layers.csv, the work
+folder, checkpoint folders, plots) written through; a project's own config.json taken for
+a saved model; images a CSV lists inside the output; a failed run leaving a marked, empty
+folder behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
@@ -20,7 +25,7 @@ from transferkit import run
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
-from transferkit.outputs import MARKER, prepare_output_folder
+from transferkit.outputs import LAYOUTS, MARKER, WORK_FOLDER, check_output_file, prepare_output_folder
 
 USER_FILES = {"notes.txt": b"my notes\n", "code/train.py": b"print('mine')\n"}
 
@@ -174,23 +179,27 @@ def test_model_folders_and_files_follow_the_umask(image_folder, tmp_path, tiny, 
 # -- save_bundle called directly ----------------------------------------------------------------
 
 class TinySaved:
-    """The least a bundle needs: a registered method name and artefacts."""
+    """The least a bundle needs: a registered method name and artefacts (its weights, and
+    ``extra`` when given: a file an older model wrote and a newer one does not)."""
 
-    def __init__(self, weights: str = "weights.bin"):
-        self.weights = weights
+    def __init__(self, extra: str | None = None):
+        self.extra = extra
 
     def _save_artifacts(self, folder: Path) -> dict:
-        (folder / self.weights).write_bytes(b"\x00" * 8)
+        for name in filter(None, ("weights.bin", self.extra)):
+            (folder / name).write_bytes(b"\x00" * 8)
         return {"classes": ["a", "b"]}
 
 
 @pytest.fixture(autouse=True)
 def tiny_saved_is_registered(monkeypatch):
+    from transferkit import bundle
     from transferkit.methods import registry
 
     spec = registry.MethodSpec("test-only", f"{TinySaved.__module__}:TinySaved", "classifier",
                                saves_bundle=True)
     monkeypatch.setitem(registry._REGISTRY, "test-only", spec)
+    monkeypatch.setitem(bundle.METHOD_FILES, "test-only", ("weights.bin", "extra.bin"))
 
 
 def test_save_bundle_refuses_a_folder_it_did_not_write(tmp_path):
@@ -202,7 +211,7 @@ def test_save_bundle_refuses_a_folder_it_did_not_write(tmp_path):
 
 
 def test_save_bundle_replaces_only_its_own_files(tmp_path):
-    folder = save_bundle(TinySaved("old-weights.bin"), tmp_path / "model")
+    folder = save_bundle(TinySaved(extra="extra.bin"), tmp_path / "model")
     user_folder(folder)
     (tmp_path / "victim").write_bytes(b"outside\n")
     # A tampered marker cannot make a replace reach outside the folder.
@@ -357,3 +366,219 @@ def test_report_overwrites_only_a_report_transferkit_wrote(teacher, tmp_path, ca
                  ["report", str(teacher), *given]):
         assert main([*argv, "--quiet"]) == 0
     assert (teacher / "report.html").is_file() and (tmp_path / "r.html").is_file()
+
+
+# -- forged listings, links, look-alike folders, data listed by a CSV (hostile audit) -------
+
+def _victim(tmp_path: Path) -> Path:
+    """A folder of the user's outside the output, with a private file in it."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_bytes(b"years of work\n")
+    os.chmod(victim / "thesis.tex", 0o600)
+    return victim
+
+
+def snapshot_with_modes(root: Path) -> dict[str, object]:
+    return {key: (value, stat.S_IMODE((root / key).lstat().st_mode))
+            for key, value in snapshot(root).items()}
+
+
+@pytest.mark.parametrize("listing", [MARKER, "config.json"])
+def test_a_forged_file_list_cannot_make_overwrite_delete_the_users_files(listing, tmp_path):
+    folder = save_bundle(TinySaved(), tmp_path / "model")
+    saved = json.loads((folder / listing).read_text())
+    # "data" is a name transferkit writes, but in a demo folder, never in a model's.
+    saved["files"] += ["notes.txt", "my_results", "data"]
+    (folder / listing).write_text(json.dumps(saved))
+    user_folder(folder)
+    for name in ("my_results/a.csv", "data/images.txt"):
+        (folder / name).parent.mkdir()
+        (folder / name).write_bytes(b"mine\n")
+    save_bundle(TinySaved(), folder, overwrite=True)
+    for name, content in [*USER_FILES.items(), ("my_results/a.csv", b"mine\n"),
+                          ("data/images.txt", b"mine\n")]:
+        assert (folder / name).read_bytes() == content
+
+
+def test_report_never_writes_through_a_link_at_its_output(teacher, tmp_path, capsys):
+    victim = _victim(tmp_path)
+    other_report = tmp_path / "old-report.html"  # a report transferkit wrote, elsewhere
+    assert main(["report", str(teacher), "--out", str(other_report), "--quiet"]) == 0
+    (teacher / "report.html").unlink(missing_ok=True)
+    (teacher / "report.html").symlink_to(victim / "thesis.tex")
+    (tmp_path / "r.html").symlink_to(other_report)
+    before = snapshot_with_modes(tmp_path)
+    for argv in (["report", str(teacher)], ["report", str(teacher), "--out", str(tmp_path / "r.html")]):
+        line = refused(capsys, argv)
+        assert "link" in line
+        assert snapshot_with_modes(tmp_path) == before
+
+
+def test_a_single_output_file_that_is_a_link_is_refused(tmp_path):
+    (tmp_path / "mine.json").write_text('{"created_by": "transferkit"}')
+    (tmp_path / "out.json").symlink_to(tmp_path / "mine.json")
+    with pytest.raises(TransferkitError, match="link"):
+        check_output_file(tmp_path / "out.json", written_by_transferkit=lambda path: True,
+                          overwrite=True)
+
+
+@pytest.mark.parametrize("command, name", [
+    *[(command, name) for command, layout in LAYOUTS.items() for name in layout.entries],
+    ("fit", MARKER), ("fit", "metrics.csv")])
+def test_a_link_where_a_command_writes_is_refused_before_anything_is_written(command, name,
+                                                                             tmp_path):
+    victim = _victim(tmp_path)
+    out = tmp_path / "out"
+    prepare_output_folder(out, command=command)
+    if name == "metrics.csv":  # a model file, listed by the model's marker
+        mark = json.loads((out / MARKER).read_text())
+        (out / MARKER).write_text(json.dumps({**mark, "files": [*mark["files"], name]}))
+    (out / name).unlink(missing_ok=True)
+    (out / name).symlink_to(victim if "." not in name.lstrip(".") else victim / "thesis.tex")
+    before = snapshot_with_modes(tmp_path)
+    for overwrite in (False, True):
+        with pytest.raises(TransferkitError, match="link"):
+            prepare_output_folder(out, command=command, overwrite=overwrite)
+        assert snapshot_with_modes(tmp_path) == before
+
+
+def test_fit_refuses_a_linked_work_folder_before_training(image_folder, tmp_path, tiny, capsys,
+                                                          monkeypatch):
+    from transferkit.methods.finetune import FineTuner
+
+    monkeypatch.setattr(FineTuner, "fit", _explode)
+    victim = _victim(tmp_path)
+    (victim / "metrics.csv").write_bytes(b"epoch,loss\n")
+    out = tmp_path / "X"
+    out.mkdir()
+    (out / MARKER).write_text(json.dumps({"created_by": "transferkit", "command": "fit",
+                                          "files": [WORK_FOLDER]}))
+    (out / WORK_FOLDER).symlink_to(victim, target_is_directory=True)
+    before = snapshot_with_modes(tmp_path)
+    line = refused(capsys, ["fit", str(image_folder), "--out", str(out), "--method", "finetune",
+                            "--epochs", "1", *tiny])
+    assert "link" in line
+    assert snapshot_with_modes(tmp_path) == before
+
+
+def test_checkpoints_are_never_written_into_a_linked_folder(tmp_path):
+    import torch
+
+    from transferkit.train.checkpoint import CheckpointDir
+
+    victim = _victim(tmp_path)
+    (tmp_path / "linked-run").symlink_to(victim, target_is_directory=True)
+    real_run = tmp_path / "run"
+    real_run.mkdir()
+    (real_run / "ckpt-0001").symlink_to(victim, target_is_directory=True)
+    (real_run / "final").symlink_to(victim, target_is_directory=True)
+    before = snapshot_with_modes(tmp_path)
+    weights = {"w": torch.zeros(2)}
+    with pytest.raises(TransferkitError, match="link"):
+        CheckpointDir(tmp_path / "linked-run").save(1, weights, None, False, {}, {"epoch": 1})
+    with pytest.raises(TransferkitError, match="link"):
+        CheckpointDir(real_run).save(1, weights, None, False, {}, {"epoch": 1})
+    with pytest.raises(TransferkitError, match="link"):
+        CheckpointDir(real_run).save_final(weights, {"epochs_run": 1})
+    leftovers = {p.name for p in real_run.iterdir()} - {"ckpt-0001", "final"}
+    assert leftovers == set()
+    assert snapshot_with_modes(tmp_path) == before
+
+
+def test_plots_replace_a_link_at_their_path_instead_of_writing_through_it(tmp_path, umask_022):
+    import numpy as np
+
+    from transferkit.report.curves import plot_learning_curves
+    from transferkit.report.domain_map import plot_domain_maps
+
+    victim = _victim(tmp_path)
+    before = snapshot_with_modes(victim)
+    history = [{"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch,
+                "train_accuracy": 0.5, "val_accuracy": 0.5} for epoch in (1, 2)]
+    features = np.random.default_rng(0).normal(size=(20, 4))
+    writers = {"curves.png": lambda path: plot_learning_curves(history, path),
+               "map.png": lambda path: plot_domain_maps({"before": (features, features + 1)}, path)}
+    for name, write in writers.items():
+        path = tmp_path / name
+        path.symlink_to(victim / "thesis.tex")
+        write(path)
+        assert not path.is_symlink() and path.read_bytes().startswith(b"\x89PNG")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert snapshot_with_modes(victim) == before
+
+
+@pytest.mark.parametrize("config", [{"format_version": 3, "method": "sgd"},
+                                    {"format_version": 1, "method": "linear_probe"},
+                                    {"format_version": True, "method": "linear_probe"}])
+def test_a_folder_with_a_config_json_of_its_own_is_not_taken_for_a_saved_model(
+        config, image_folder, tmp_path, tiny, capsys, no_training):
+    project = user_folder(tmp_path / "proj")
+    (project / "config.json").write_text(json.dumps(config))
+    for name in ("metrics.json", "report.html", "train.py"):
+        (project / name).write_bytes(b"the user's\n")
+    if config["format_version"] is True:  # all a model has, but true is no format version
+        (project / "classifier.skops").write_bytes(b"the user's\n")
+    before = snapshot(tmp_path)
+    for extra in ([], ["--overwrite"]):
+        line = refused(capsys, ["fit", str(image_folder), "--out", str(project), *tiny, *extra])
+        assert "not written by transferkit" in line
+        assert snapshot(tmp_path) == before
+
+
+def test_fit_never_writes_over_the_images_a_csv_lists(image_folder, tmp_path, tiny, capsys,
+                                                      no_training):
+    import shutil
+
+    demo = tmp_path / "D"
+    prepare_output_folder(demo, command="demo")
+    shutil.copytree(image_folder, demo / "data")
+    listing = tmp_path / "list.csv"
+    rows = [f"{path},{path.parent.name}" for path in sorted((demo / "data").glob("*/*.png"))]
+    listing.write_text("\n".join(["path,label", *rows]) + "\n")
+    before = snapshot(tmp_path)
+    line = refused(capsys, ["fit", str(listing), "--out", str(demo), *tiny, "--overwrite"])
+    assert "input" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_a_fit_refused_for_its_settings_creates_no_output_folder(image_folder, tmp_path, tiny,
+                                                                 capsys):
+    out = tmp_path / "new"
+    line = refused(capsys, ["fit", str(image_folder), "--out", str(out), "--method", "finetune",
+                            "--precision", "fp16", "--device", "cpu", *tiny])
+    assert "fp16" in line
+    assert not out.exists()
+
+
+def test_a_fit_that_fails_removes_the_folder_it_created_and_only_that(image_folder, tmp_path,
+                                                                      tiny, capsys, monkeypatch):
+    from transferkit.errors import DataError
+    from transferkit.methods.linear_probe import LinearProbe
+
+    def fail(*args, **kwargs):
+        raise DataError("the images said no.")
+
+    monkeypatch.setattr(LinearProbe, "fit", fail)
+    existing = tmp_path / "empty"
+    existing.mkdir()
+    for out in (tmp_path / "new", existing):
+        refused(capsys, ["fit", str(image_folder), "--out", str(out), *tiny])
+    assert not (tmp_path / "new").exists()
+    assert existing.is_dir() and list(existing.iterdir()) == []
+
+
+def test_a_fit_whose_validation_images_are_all_unreadable_leaves_no_folder(image_folder,
+                                                                           tmp_path, tiny, capsys):
+    import shutil
+
+    data = tmp_path / "split"
+    shutil.copytree(image_folder, data / "train")
+    for name in ("red", "blue"):
+        (data / "val" / name).mkdir(parents=True)
+        (data / "val" / name / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "model"
+    # Which error this is belongs to test_hostile_inputs; here only what it leaves behind.
+    with contextlib.suppress(Exception):
+        main(["fit", str(data), "--out", str(out), *tiny, "--quiet"])
+    assert not out.exists()

@@ -2,6 +2,7 @@
 
 from transferkit.data.dataset import (
     DatasetSplits,
+    as_paths,
     LabelledImages,
     collect_images,
     load_dataset,
@@ -12,6 +13,6 @@ from transferkit.data.dataset import (
 from transferkit.data.images import load_image, to_rgb
 
 __all__ = [
-    "DatasetSplits", "LabelledImages", "collect_images", "load_dataset", "read_csv",
+    "DatasetSplits", "as_paths", "LabelledImages", "collect_images", "load_dataset", "read_csv",
     "read_image_folder", "stratified_split", "load_image", "to_rgb",
 ]

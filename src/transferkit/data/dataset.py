@@ -256,6 +256,20 @@ def load_dataset(source: str | os.PathLike, val_fraction: float = 0.2,
     return DatasetSplits(train, val, test, train.classes, validation_source)
 
 
+def as_paths(X, allow_single: bool = True) -> list[Path]:
+    """Image paths from what an estimator's ``X`` may be: a sequence (list, array, pandas
+    column) of paths, or (``allow_single``) a single path."""
+    if isinstance(X, (str, os.PathLike)):
+        if not allow_single:
+            raise DataError("X must be a sequence of image paths, not a single path; wrap it "
+                            "in a list.")
+        X = [X]
+    array = np.asarray(X, dtype=object).reshape(-1)
+    if array.size == 0:
+        raise DataError("no images given.")
+    return [Path(str(p)) for p in array]
+
+
 def collect_images(inputs) -> list[Path]:
     """Expand files and folders (searched recursively) into a list of files to predict."""
     paths: list[Path] = []

@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.errors import DataError
 from transferkit.features.classifiers import make_probe_pipeline
 
@@ -85,7 +86,7 @@ FEATURE_SPACES = {
 
 
 def compare_feature_spaces(paths_a, ya, paths_b, yb, spaces=("last", "fne"),
-                           backbone: str = "efficientnet_lite0", classifier: str = "logreg",
+                           backbone: str = DEFAULT_BACKBONE, classifier: str = "logreg",
                            random_state: int = 0, cache_dir=None, progress: bool = False,
                            weights: str | None = None, arch: str | None = None,
                            use_cache: bool = True) -> list[dict]:

@@ -11,6 +11,7 @@ extraction plus cheap shallow fits.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.errors import DataError
 from transferkit.features.classifiers import make_probe_pipeline
 
@@ -86,7 +88,7 @@ def sweep_features(features: np.ndarray, labels, columns: dict[str, slice], stag
     return rows
 
 
-def layer_sweep(paths, labels, backbone: str = "efficientnet_lite0", weights=None, arch=None,
+def layer_sweep(paths, labels, backbone: str = DEFAULT_BACKBONE, weights=None, arch=None,
                 layers: str = "all", pooling: str = "avg", folds: int = 5,
                 classifier: str = "ridge", random_state: int = 0, cache_dir=None,
                 progress: bool = False) -> SweepResult:
@@ -111,21 +113,23 @@ def write_sweep(result: SweepResult, out: str | os.PathLike, title: str = "",
                 overwrite: bool = False) -> dict[str, str]:
     """``layers.csv``, ``layers.json`` and ``layers.png`` (accuracy vs depth) in ``out``,
     which must be new, empty or written by transferkit; a finished sweep there is replaced
-    only with ``overwrite`` (see :mod:`transferkit.outputs`)."""
+    only with ``overwrite`` (see :mod:`transferkit.outputs`). Each file is written whole
+    and moved into place, so a link at its name is replaced, never written through."""
     import matplotlib
 
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import prepare_output_folder, save_figure_atomic, write_text_atomic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     prepare_output_folder(out, command="layers", overwrite=overwrite)
     out = Path(out)
-    with open(out / "layers.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(result.rows[0])))
-        writer.writeheader()
-        writer.writerows(asdict(row) for row in result.rows)
-    (out / "layers.json").write_text(json.dumps(result.to_dict(), indent=2))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(asdict(result.rows[0])))
+    writer.writeheader()
+    writer.writerows(asdict(row) for row in result.rows)
+    write_text_atomic(out / "layers.csv", table.getvalue())
+    write_text_atomic(out / "layers.json", json.dumps(result.to_dict(), indent=2))
 
     singles = [row for row in result.rows if row.depth >= 0]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -141,7 +145,7 @@ def write_sweep(result: SweepResult, out: str | os.PathLike, title: str = "",
     ax.set_title(title or "Layer transferability")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out / "layers.png", dpi=110)
+    save_figure_atomic(fig, out / "layers.png", dpi=110)
     plt.close(fig)
     return {"csv": str(out / "layers.csv"), "json": str(out / "layers.json"),
             "plot": str(out / "layers.png")}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from transferkit.data.images import open_regular_file
 from transferkit.errors import CacheError, DataError
+from transferkit.outputs import write_bytes_atomic
 
 CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
 
@@ -53,18 +53,6 @@ def namespace_key(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class FeatureCache:
     """Feature vectors of one extractor, addressed by image content hash."""
 
@@ -80,7 +68,7 @@ class FeatureCache:
                              "Pass --cache-dir to a writable folder.") from exc
         meta = self.folder / "extractor.json"
         if not meta.exists():
-            atomic_write_bytes(meta, json.dumps(identity, indent=2, sort_keys=True,
+            write_bytes_atomic(meta, json.dumps(identity, indent=2, sort_keys=True,
                                                 default=str).encode())
         self.n_invalid = 0
 
@@ -116,6 +104,6 @@ class FeatureCache:
         buffer = BytesIO()
         np.save(buffer, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
         try:
-            atomic_write_bytes(path, buffer.getvalue())
+            write_bytes_atomic(path, buffer.getvalue(), durable=False)
         except OSError as exc:
             raise CacheError(f"cannot write the feature cache entry {path} ({exc}).") from exc

@@ -24,6 +24,8 @@ CLASSIFIERS = ("logreg", "svm", "knn", "mlp")
 # Ridge has no probabilities, so it is not offered for saved models; its closed-form
 # leave-one-out choice of alpha makes it the quick probe for layer sweeps.
 SWEEP_CLASSIFIERS = CLASSIFIERS + ("ridge",)
+EMBEDDINGS = ("fne",)  # make_probe_pipeline's embedding, besides None
+NORMALISATIONS = ("l2",)  # make_probe_pipeline's normalise, besides None
 C_GRID = np.logspace(-4, 2, 13)
 
 
@@ -88,14 +90,14 @@ def make_probe_pipeline(classifier: str, y, cv: int = 5, random_state: int = 0,
     from sklearn.preprocessing import Normalizer
 
     steps = []
-    if embedding == "fne":
+    if embedding in EMBEDDINGS:
         from transferkit.features.fne import FullNetworkEmbedding
 
         steps.append(FullNetworkEmbedding())
     elif embedding is not None:
         raise TransferkitError(f"unknown embedding {embedding!r}; the only one is 'fne'.")
     else:
-        if normalise == "l2":
+        if normalise in NORMALISATIONS:
             steps.append(Normalizer())
         elif normalise is not None:
             raise TransferkitError(f"unknown normalisation {normalise!r}; use 'l2' or none.")

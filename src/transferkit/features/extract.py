@@ -21,15 +21,16 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from transferkit.backbones import DEFAULT_BACKBONE, weights_fingerprint
+from transferkit.data.dataset import as_paths
 from transferkit.data.images import load_image
 from transferkit.errors import DataError, ImageDecodeError, TransferkitError
 from transferkit.features.cache import (
     FeatureCache,
-    atomic_write_bytes,
     file_digest,
     namespace_key,
     resolve_cache_dir,
 )
+from transferkit.outputs import write_bytes_atomic
 
 if TYPE_CHECKING:
     from transferkit.backbones import Backbone
@@ -223,7 +224,7 @@ class FrozenExtractor:
         if memo is not None:
             try:
                 memo.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(memo, json.dumps({"identity": self._identity,
+                write_bytes_atomic(memo, json.dumps({"identity": self._identity,
                                                      "dims": self._dims}).encode())
             except OSError as exc:
                 log.warning("cannot write %s (%s); the cache still works.", memo, exc)
@@ -430,7 +431,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         if not hasattr(self, "extractor_"):
             self.fit()
-        result = self.extractor_.extract(_as_paths(X), progress=self.progress)
+        result = self.extractor_.extract(as_paths(X), progress=self.progress)
         if result.skipped:
             names = "; ".join(reason for _, reason in result.skipped[:5])
             raise DataError(f"{len(result.skipped)} image(s) could not be read: {names}")
@@ -446,15 +447,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.requires_fit = False
         return tags
-
-
-def _as_paths(X) -> list[Path]:
-    if isinstance(X, (str, os.PathLike)):
-        X = [X]
-    array = np.asarray(X, dtype=object).reshape(-1)
-    if array.size == 0:
-        raise DataError("no images given.")
-    return [Path(str(p)) for p in array]
 
 
 def build_extractor(backbone: str | None = None, weights=None, arch: str | None = None,
@@ -484,4 +476,4 @@ class FrozenFeaturesMixin:
 
     def extract(self, X):
         """Features of the readable images of ``X`` (an :class:`ExtractionResult`)."""
-        return self._extractor().extract(_as_paths(X), progress=self.progress)
+        return self._extractor().extract(as_paths(X), progress=self.progress)

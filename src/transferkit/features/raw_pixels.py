@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.data.images import load_image
 from transferkit.errors import DataError, ImageDecodeError
 from transferkit.features.classifiers import make_classifier
-from transferkit.features.extract import _as_paths
+from transferkit.data.dataset import as_paths
 
 
 def raw_pixels(paths, size: int = 32) -> np.ndarray:
@@ -44,12 +44,12 @@ class RawPixelClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X, y):
         self.classes_, encoded = np.unique(np.asarray(y), return_inverse=True)
         self.model_ = make_classifier(self.classifier, encoded, self.cv, self.random_state)
-        self.model_.fit(raw_pixels(_as_paths(X), self.size), encoded)
+        self.model_.fit(raw_pixels(as_paths(X), self.size), encoded)
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         check_is_fitted(self, "model_")
-        return self.model_.predict_proba(raw_pixels(_as_paths(X), self.size))
+        return self.model_.predict_proba(raw_pixels(as_paths(X), self.size))
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferkit.features.cache import atomic_write_bytes
+from transferkit.outputs import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 # Largest allowed deviation between the fast path and eager PyTorch (features are O(1)).
 MATCH_TOLERANCE = 1e-4
+RUNTIMES = ("auto", "onnx", "eager")
 
 
 def cpu_threads() -> int:
@@ -133,7 +134,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: Path
         torch.onnx.export(module.eval(), (dummy,), buffer, input_names=["images"],
                           output_names=names, opset_version=17, dynamo=False,
                           dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}})
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def max_deviation(fast, eager: EagerRuntime, input_shape, seed: int = 0) -> float:
@@ -152,7 +153,7 @@ def make_runtime(module: nn.Module, input_shape: tuple[int, int, int], runtime: 
     eager = EagerRuntime(module, device=device)
     if runtime == "eager" or device != "cpu":
         return eager
-    if runtime not in ("auto", "onnx"):
+    if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be 'auto', 'onnx' or 'eager', got {runtime!r}")
     try:
         if onnx_path is None:

@@ -87,9 +87,11 @@ def load_model(bundle, cache_dir=None, use_cache: bool = True, progress: bool = 
     return estimator
 
 
-def score_images(estimator, images, keep: dict | None = None) -> tuple[dict, list]:
+def score_images(estimator, images, keep: dict | None = None,
+                 what: str = "evaluation images") -> tuple[dict, list]:
     """Metrics of ``estimator`` on labelled ``images``; unreadable images are skipped and
-    returned. ``keep``, when given, receives the probabilities and the readable mask."""
+    returned, and a DataError naming them (``what`` they are) when none is left. ``keep``,
+    when given, receives the probabilities and the readable mask."""
     import numpy as np
 
     from transferkit.evaluate import classification_summary
@@ -97,7 +99,10 @@ def score_images(estimator, images, keep: dict | None = None) -> tuple[dict, lis
     proba, ok, skipped = estimator.predict_paths(images.paths)
     truth = class_names(images)[ok]
     if len(truth) == 0:
-        raise DataError("none of the evaluation images could be read.")
+        named = "; ".join(reason for _, reason in skipped[:5]).replace("\n", " ")
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        raise DataError(f"none of the {len(skipped)} {what} could be read ({named}{more}); "
+                        "fix or replace them." if skipped else f"there are no {what}.")
     if keep is not None:
         keep.update(proba=proba, ok=ok)
     predicted = np.asarray(estimator.classes_, dtype=object)[proba.argmax(axis=1)]

@@ -41,6 +41,7 @@ from transferkit.jobs._common import (
     skipped_fields,
     skipped_lines,
 )
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "adapt"
 HELP = ("domain adaptation: labelled source images, unlabelled target images; compares with "
@@ -138,6 +139,7 @@ def _mmd(source, target, random_state: int) -> float | None:
     return mmd(source, target, random_state=random_state)
 
 
+@removes_new_output_on_failure
 def run(source=None, target=None, method: str = "dann", out=None, target_labelled=None,
         target_test=None, epochs: int | None = None, backbone: str | None = None,
         random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
@@ -152,7 +154,7 @@ def run(source=None, target=None, method: str = "dann", out=None, target_labelle
 
     from transferkit.methods import create_method
     from transferkit.methods.registry import method_spec
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import input_folders, prepare_output_folder
 
     if demo:
         return run_demo(out or DEMO_OUT, method=method, random_state=random_state,
@@ -173,8 +175,12 @@ def run(source=None, target=None, method: str = "dann", out=None, target_labelle
     labelled = read_labelled_folder(target_labelled, classes) if target_labelled else None
     test = read_labelled_folder(target_test, classes) if target_test else None
     if out is not None:
+        image_folders = input_folders(source_images.paths, target_paths,
+                                      labelled.paths if labelled else None,
+                                      test.paths if test else None)
         prepare_output_folder(out, command="adapt", overwrite=overwrite,
-                              inputs=(source, target, target_labelled, target_test))
+                              inputs=(source, target, target_labelled, target_test,
+                                      *image_folders))
         out = Path(out)
 
     represent = _Representation(is_deep, backbone, cache_dir, use_cache, progress)
@@ -289,6 +295,7 @@ def _sklearn_digits_domain():
                        np.arange(len(images), dtype=np.int64))
 
 
+@removes_new_output_on_failure
 def run_demo(out: str | os.PathLike = DEMO_OUT, method: str = "dann", n_source: int = 2000,
              epochs: int = 15, random_state: int = 0, progress: bool = False,
              overwrite: bool = False) -> dict:

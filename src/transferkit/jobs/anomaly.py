@@ -13,6 +13,7 @@ from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.errors import DataError
 from transferkit.jobs import _options
 from transferkit.jobs._common import format_table, skipped_fields, skipped_lines
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "anomaly"
 HELP = "anomaly detection: fit on normal images only, score a test set (AUC, EER)"
@@ -93,7 +94,7 @@ def _write_files(out: Path, result: dict, rows: list[dict]) -> None:
     import csv
     import io
 
-    from transferkit.features.cache import atomic_write_bytes
+    from transferkit.outputs import write_bytes_atomic
 
     if out.suffix.lower() == ".json":
         files = {"json": out}
@@ -101,16 +102,17 @@ def _write_files(out: Path, result: dict, rows: list[dict]) -> None:
         files = {"json": out / "anomaly.json", "csv": out / "scores.csv"}
     result["files"] = {key: str(path) for key, path in files.items()}
     files["json"].parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(files["json"], json.dumps({**result, **FILE_MARK},
+    write_bytes_atomic(files["json"], json.dumps({**result, **FILE_MARK},
                                                  indent=2).encode("utf-8"))
     if "csv" in files:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write_bytes(files["csv"], buffer.getvalue().encode("utf-8"))
+        write_bytes_atomic(files["csv"], buffer.getvalue().encode("utf-8"))
 
 
+@removes_new_output_on_failure
 def run(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.PathLike | None = None,
         scorer: str = "mahalanobis", backbone: str | None = None, weights: str | None = None,
         arch: str | None = None, layer: str = "pre_logits", cache_dir=None,
@@ -179,7 +181,9 @@ def run(normal: str | os.PathLike, test: str | os.PathLike, out: str | os.PathLi
     test_groups = [name for name, files in groups for _ in files]
     truth_all = np.array([name not in normal_names for name in test_groups], dtype=bool)
     if out is not None:
-        _prepare_output(out, (normal, test), overwrite)
+        from transferkit.outputs import input_folders
+
+        _prepare_output(out, (normal, test, *input_folders(train_paths, test_paths)), overwrite)
 
     with warnings.catch_warnings():
         # Skipped images are reported once, in the summary, not as a warning per call.

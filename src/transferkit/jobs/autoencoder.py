@@ -36,6 +36,7 @@ from transferkit.jobs._common import (
     skipped_fields,
     skipped_lines,
 )
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "autoencoder"
 HELP = ("autoencoder pretraining on unlabelled images, then few-label classifiers: encoder + "
@@ -82,6 +83,7 @@ def default_finetune_epochs(n_labelled: int, minimum_steps: int = MIN_FINETUNE_S
     return max(20, math.ceil(minimum_steps / steps))
 
 
+@removes_new_output_on_failure
 def run(unlabelled, labelled, out, test=None, epochs: int = 15,
         finetune_epochs: int | None = None, noise: float = 0.0,
         contrast_normalise: bool = False, random_state: int = 0, device: str = "auto",
@@ -96,7 +98,7 @@ def run(unlabelled, labelled, out, test=None, epochs: int = 15,
     from sklearn.preprocessing import StandardScaler
 
     from transferkit.methods import create_method
-    from transferkit.outputs import prepare_output_folder, write_json_atomic
+    from transferkit.outputs import input_folders, prepare_output_folder, write_json_atomic
 
     start = time.perf_counter()
     unlabelled = Path(unlabelled)
@@ -106,8 +108,10 @@ def run(unlabelled, labelled, out, test=None, epochs: int = 15,
     test_images = read_labelled_folder(test, classes) if test is not None else None
     if out is None:
         raise DataError("give an output folder (--out) for reconstructions.png and summary.json.")
-    prepare_output_folder(out, command="autoencoder", inputs=(unlabelled, labelled, test),
-                          overwrite=overwrite)
+    image_folders = input_folders(unlabelled_paths, labelled_images.paths,
+                                  test_images.paths if test_images is not None else None)
+    prepare_output_folder(out, command="autoencoder", overwrite=overwrite,
+                          inputs=(unlabelled, labelled, test, *image_folders))
     out = Path(out)
 
     skipped: list[tuple[str, str]] = []

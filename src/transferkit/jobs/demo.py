@@ -12,6 +12,7 @@ from pathlib import Path
 
 from transferkit.jobs import _options
 from transferkit.jobs._common import format_table
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "demo"
 HELP = "run fit on image sets embedded in the installed packages and compare with raw pixels"
@@ -42,6 +43,7 @@ def raw_pixel_baseline(data: Path, classifier: str = "logreg", random_state: int
     return classification_summary(names[splits.val.labels], names[predicted], splits.classes)
 
 
+@removes_new_output_on_failure
 def run(out: str | os.PathLike = "transferkit-demo", sets=None, random_state: int = 0,
         overwrite: bool = False, **fit_options) -> dict:
     """Write each embedded set (``sets``, default all of

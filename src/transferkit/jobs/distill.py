@@ -32,6 +32,7 @@ from transferkit.jobs._common import (
     skipped_fields,
     skipped_lines,
 )
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "distill"
 HELP = ("knowledge distillation: a saved model (the teacher) teaches a small CNN; compares it "
@@ -175,6 +176,7 @@ def _accuracy(proba, classes, truth) -> float:
     return float(np.mean(np.asarray(classes, dtype=object)[proba.argmax(axis=1)] == truth))
 
 
+@removes_new_output_on_failure
 def run(teacher, data, out=None, student: str = "small-cnn", temperature: float = 4.0,
         alpha: float = 0.9, epochs: int = 40, image_size: int = 32, unlabelled=None,
         val_fraction: float = 0.2, batch_size: int = 64, lr: float = 3e-3,
@@ -194,7 +196,7 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
     from transferkit.bundle import read_config, save_bundle
     from transferkit.data import collect_images, load_dataset
     from transferkit.methods import create_method
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import input_folders, prepare_output_folder
 
     start = time.perf_counter()
     config = read_config(teacher)
@@ -209,8 +211,10 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
     create_method("distill", **options)._check_params()  # fail before the slow part
     extra = collect_images([unlabelled]) if unlabelled is not None else []
     if out is not None:
+        image_folders = input_folders(train.paths, val.paths,
+                                      splits.test.paths if splits.test else None, extra)
         prepare_output_folder(out, command="distill", overwrite=overwrite,
-                              inputs=(teacher, data, unlabelled))
+                              inputs=(teacher, data, unlabelled, *image_folders))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unreadable images: reported once, in the summary
@@ -281,7 +285,7 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
     if measure:
         summary["speed"] = measure_speed(teacher_model, distilled)
     if out is not None:
-        from transferkit.train.checkpoint import atomic_write_json
+        from transferkit.outputs import write_json_atomic
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +296,7 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
                     extra={"teacher": str(teacher), "data": str(data)}, overwrite=True)
         summary["files"] = {"student": str(out / "student"), "summary": str(out / "summary.json")}
         summary["seconds"] = time.perf_counter() - start
-        atomic_write_json(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", summary)
     summary["seconds"] = time.perf_counter() - start
     return summary
 

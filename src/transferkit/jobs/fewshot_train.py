@@ -12,6 +12,7 @@ from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.errors import DataError
 from transferkit.jobs import _options
 from transferkit.jobs._common import skipped_fields, skipped_lines
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "fewshot-train"
 HELP = ("learn a similarity (Siamese head, contrastive loss) on background classes for "
@@ -56,6 +57,7 @@ def read_leaf_classes(roots):
     return paths, np.asarray(labels)
 
 
+@removes_new_output_on_failure
 def run(background, out, backbone: str | None = None, layer: str = "pre_logits",
         pooling: str = "avg", loss: str = "contrastive", epochs: int = 30,
         random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
@@ -68,12 +70,13 @@ def run(background, out, backbone: str | None = None, layer: str = "pre_logits",
 
     from transferkit.bundle import save_bundle
     from transferkit.methods import create_method
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import input_folders, prepare_output_folder
 
     start = time.perf_counter()
     paths, labels = read_leaf_classes(background)
     folders = [background] if isinstance(background, (str, os.PathLike)) else list(background)
-    prepare_output_folder(out, command="fewshot-train", inputs=folders, overwrite=overwrite)
+    prepare_output_folder(out, command="fewshot-train", inputs=(*folders, *input_folders(paths)),
+                          overwrite=overwrite)
     model = create_method("siamese", backbone=backbone or DEFAULT_BACKBONE, layer=layer,
                           pooling=pooling, loss=loss, epochs=epochs, random_state=random_state,
                           device=device, cache_dir=cache_dir, use_cache=use_cache,

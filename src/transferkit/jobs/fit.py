@@ -14,6 +14,7 @@ from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.errors import DataError, TransferkitError
 from transferkit.jobs import _options
 from transferkit.jobs._common import class_names, score_images, skipped_fields, skipped_lines
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "fit"
 HELP = "train a classifier on a folder of images and save it"
@@ -129,6 +130,7 @@ def _refuse_too_few_readable_classes(splits, skipped) -> dict[str, str]:
     return lost
 
 
+@removes_new_output_on_failure
 def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_probe",
         val_fraction: float = 0.2, random_state: int = 0, report: bool = True,
         check_negative_transfer: bool = False, overwrite: bool = False, fuse=(),
@@ -149,7 +151,7 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     from transferkit.bundle import save_bundle
     from transferkit.data import load_dataset
     from transferkit.methods import list_methods
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import input_folders, prepare_output_folder
 
     start = time.perf_counter()
     if method not in list_methods(family="classifier"):
@@ -163,11 +165,17 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
                                f"--check-negative-transfer for {method} or use one of those.")
     if fuse:
         options["backbone"] = "+".join([options.get("backbone") or DEFAULT_BACKBONE, *fuse])
-    # Before reading data: a refused option costs nothing.
+    # Before reading data: a refused option (or device, precision...) costs nothing.
     estimator = _create_estimator(method, options, random_state)
+    if hasattr(estimator, "_check_params"):
+        estimator._check_params()
     splits = load_dataset(data, val_fraction=val_fraction, random_state=random_state)
-    # Before any training: a refused --out costs nothing and changes nothing.
-    folder = prepare_output_folder(out, command="fit", inputs=(data,), overwrite=overwrite)
+    # Before any training: a refused --out costs nothing and changes nothing. A CSV may list
+    # images anywhere, so the folders holding them are inputs too.
+    image_folders = input_folders(*(part.paths for part in (splits.train, splits.val,
+                                                            splits.test) if part is not None))
+    folder = prepare_output_folder(out, command="fit", inputs=(data, *image_folders),
+                                   overwrite=overwrite)
     work, stale_work_error = None, ()  # () catches nothing: no work folder, no stale one
     if method == "finetune" and estimator.get_params().get("run_dir") is None:
         from transferkit.outputs import WORK_FOLDER
@@ -192,14 +200,16 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
             raise
     lost_classes = _refuse_too_few_readable_classes(splits, estimator.skipped_)
     val_outputs: dict = {}
-    val_metrics, val_skipped = score_images(estimator, splits.val, val_outputs)
+    # Scored before anything is saved: an unreadable split stops fit with one line.
+    val_metrics, val_skipped = score_images(estimator, splits.val, val_outputs,
+                                            what="validation images")
     # Only training images count against n_train; the validation ones are in val_skipped.
     train_files = {str(path) for path in splits.train.paths}
     train_skipped = [(path, reason) for path, reason in estimator.skipped_
                      if str(path) in train_files]
     skipped = train_skipped + list(val_skipped)
     if splits.test is not None:
-        test_metrics, test_skipped = score_images(estimator, splits.test)
+        test_metrics, test_skipped = score_images(estimator, splits.test, what="test images")
         skipped += test_skipped
     else:
         test_metrics = None

@@ -9,6 +9,7 @@ from pathlib import Path
 from transferkit.backbones.registry import DEFAULT_BACKBONE
 from transferkit.jobs import _options
 from transferkit.jobs._common import format_table, pooled_images
+from transferkit.outputs import removes_new_output_on_failure
 
 NAME = "layers"
 HELP = ("layer-transferability sweep: cross-validate a classifier on every layer of a "
@@ -29,6 +30,7 @@ def add_arguments(parser) -> None:
     _options.add_cache(parser)
 
 
+@removes_new_output_on_failure
 def run(data: str | os.PathLike, out: str | os.PathLike = "layer-sweep",
         backbone: str | None = None, weights: str | None = None, arch: str | None = None,
         layers: str = "all", pooling: str = "avg", folds: int = 5, classifier: str = "ridge",
@@ -41,11 +43,12 @@ def run(data: str | os.PathLike, out: str | os.PathLike = "layer-sweep",
     ``--no-cache`` but the sweep has no uncached mode. Returns the summary of
     ``transferkit layers --json``."""
     from transferkit.evaluate.layer_sweep import layer_sweep, write_sweep
-    from transferkit.outputs import prepare_output_folder
+    from transferkit.outputs import input_folders, prepare_output_folder
 
     backbone = backbone or DEFAULT_BACKBONE
     images = pooled_images(data, random_state=random_state)
-    prepare_output_folder(out, command="layers", inputs=(data,), overwrite=overwrite)
+    prepare_output_folder(out, command="layers", inputs=(data, *input_folders(images.paths)),
+                          overwrite=overwrite)
     sweep = layer_sweep(images.paths, images.labels, backbone=backbone, weights=weights,
                         arch=arch, layers=layers, pooling=pooling, folds=folds,
                         classifier=classifier, random_state=random_state, cache_dir=cache_dir,

@@ -174,6 +174,8 @@ class ConvAutoencoder(TransformerMixin, BaseEstimator):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        from transferkit.outputs import save_figure_atomic
+
         if n < 1:
             raise DataError(f"n must be at least 1, got {n}.")
         X = np.asarray(X)[:n]
@@ -198,8 +200,7 @@ class ConvAutoencoder(TransformerMixin, BaseEstimator):
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path)
-        return path
+        return save_figure_atomic(figure, path)
 
 
 class AutoencoderInitialisedClassifier(DeepSourceOnly):

@@ -28,11 +28,14 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from transferkit.data.validation import UNLABELLED
-from transferkit.errors import BundleError, DataError, NotFittedError
+from transferkit.errors import BundleError, DataError
 
 WEIGHTS_FILE = "student.safetensors"
+# Machine-local options a saved model leaves out (run_dir: a config must never set it).
+_NOT_SAVED = ("run_dir", "progress")
 _MEAN, _STD = 0.45, 0.25  # rough per-pixel normalisation; BatchNorm does the rest
 
 
@@ -318,8 +321,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
 
     # -- prediction --------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if getattr(self, "model_", None) is None:
-            raise NotFittedError("this DistilledStudent is not fitted yet; call fit first.")
+        check_is_fitted(self, "model_")
 
     def _logits(self, images, batch_size: int = 256) -> np.ndarray:
         import torch
@@ -355,6 +357,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
 
     # -- saving: a transferkit bundle (config.json + student.safetensors) ----------------
     def _save_artifacts(self, folder: Path) -> dict:
+        from transferkit.bundle import saved_params
         from transferkit.train.checkpoint import save_tensors
 
         self._check_fitted()
@@ -362,8 +365,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         return {"student": self.student, "image_size": int(self.image_size),
                 "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
                 "distilled": bool(self.distilled_),
-                "params": {k: v for k, v in self.get_params().items()
-                           if k not in ("run_dir", "progress")},
+                "params": saved_params(self, _NOT_SAVED),
                 "history": self.history_}
 
     @classmethod
@@ -373,19 +375,21 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
             REDO_HINT,
             check_classes,
             check_config,
+            check_own_params,
+            check_param_values,
             load_weights,
             read_tensors,
         )
+        from transferkit.train.loop import DEVICES
         from transferkit.nets.students import StudentCNN
 
         schema = {"student": "string", "image_size": "integer", "classes": CLASS_NAMES,
                   "distilled?": "boolean", "history?": ["object"]}
-        check_config(folder, config, schema, cls, not_saved=("run_dir", "progress"))
+        check_config(folder, config, schema, cls, not_saved=_NOT_SAVED)
+        check_param_values(folder, config["params"], {"device": DEVICES},
+                           positive=("batch_size", "epochs", "image_size"))
         estimator = cls(**config["params"])
-        try:
-            estimator._check_params()
-        except DataError as exc:
-            raise BundleError(f"{folder}/config.json: {exc} The file was edited. {REDO_HINT}") from exc
+        check_own_params(folder, estimator._check_params)
         if config["student"] != estimator.student or config["image_size"] != estimator.image_size:
             raise BundleError(f"{folder}/config.json: student and image_size disagree with its "
                               f"params; the file was edited. {REDO_HINT}")

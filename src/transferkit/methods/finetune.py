@@ -10,15 +10,16 @@ the one above it). Loss: cross-entropy (optional label smoothing) on the new hea
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
-from transferkit.errors import BundleError, DataError, NotFittedError
+from transferkit.data.dataset import as_paths
+from transferkit.errors import BundleError, DataError
 from transferkit.train.groups import (
     classifier_name,
     describe_groups,
@@ -27,18 +28,21 @@ from transferkit.train.groups import (
     layer_groups,
     set_trainable,
 )
-from transferkit.train.loop import TrainConfig, TrainConfigError, check_device_and_precision, fit_loop
+from transferkit.train.loop import (
+    DEVICES,
+    PRECISIONS,
+    TrainConfig,
+    TrainConfigError,
+    check_device_and_precision,
+    fit_loop,
+)
 
 STRATEGIES = ("gradual", "head", "last-k", "full")
 HEADS = ("linear", "mlp")
 MLP_HIDDEN = 256
 WEIGHTS_FILE = "model.safetensors"
-
-
-def _as_paths(X) -> list[str]:
-    if isinstance(X, (str, os.PathLike)):
-        raise DataError("X must be a sequence of image paths, not a single path; wrap it in a list.")
-    return [str(p) for p in X]
+# Machine-local options a saved model leaves out (run_dir: a config must never set it).
+_NOT_SAVED = ("run_dir", "progress", "num_workers")
 
 
 def build_head(kind: str, n_features: int, n_classes: int, dropout: float):
@@ -170,7 +174,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         self.run_dir = run_dir
 
     # -- checks -----------------------------------------------------------------------
-    def _check_params(self) -> None:
+    def _check_params(self, here: bool = True) -> None:
+        """Refuse parameters fit cannot use; ``here=False`` leaves out whether this
+        machine can train with the device and precision (a loaded model only predicts)."""
         def bad(message):
             raise TrainConfigError(message)
 
@@ -196,14 +202,17 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             bad(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}.")
         if self.image_size is not None and int(self.image_size) < 16:
             bad(f"image_size must be at least 16 pixels, got {self.image_size!r}.")
-        check_device_and_precision(self.device, self.precision)
+        if here:
+            check_device_and_precision(self.device, self.precision)
+        elif self.device not in DEVICES or self.precision not in PRECISIONS:
+            bad(f"device {self.device!r} or precision {self.precision!r} is unknown; choose "
+                f"from {DEVICES} and {tuple(PRECISIONS)}.")
 
     def _check_fitted(self) -> None:
-        if getattr(self, "model_", None) is None:
-            raise NotFittedError("This FineTuner is not fitted yet; call fit(X, y) first.")
+        check_is_fitted(self, "model_")
 
     def _encode(self, X, y, what: str) -> tuple[list[str], np.ndarray]:
-        paths = _as_paths(X)
+        paths = [str(path) for path in as_paths(X, allow_single=False)]
         y = np.asarray(y)
         if y.ndim != 1:
             raise DataError(f"{what} labels must be one-dimensional, got shape {y.shape}.")
@@ -423,7 +432,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         self._check_fitted()
-        paths = _as_paths(X)
+        paths = [str(path) for path in as_paths(X, allow_single=False)]
         proba, ok = self._predict_files(paths)
         if not ok.all():
             unreadable = [p for p, readable in zip(paths, ok) if not readable]
@@ -433,13 +442,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     def embed_paths(self, X):
         """(pre-logits features of the fine-tuned network for the readable images, ok mask)."""
         self._check_fitted()
-        return self._predict_files(_as_paths(X), pre_logits=True)
+        return self._predict_files([str(path) for path in as_paths(X, allow_single=False)], pre_logits=True)
 
     def predict_paths(self, X):
         """(probabilities of the readable images, ok mask, skipped ``(path, reason)`` list):
         what ``transferkit predict/evaluate`` need, skipping bad files instead of failing."""
         self._check_fitted()
-        paths = _as_paths(X)
+        paths = [str(path) for path in as_paths(X, allow_single=False)]
         proba, ok = self._predict_files(paths)
         skipped = [(p, _unreadable(p)) for p, readable in zip(paths, ok) if not readable]
         return proba, ok, skipped
@@ -450,6 +459,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     # -- bundle -----------------------------------------------------------------------
     def _save_artifacts(self, folder: Path) -> dict:
+        from transferkit.bundle import saved_params
         from transferkit.train.checkpoint import save_tensors
 
         self._check_fitted()
@@ -464,9 +474,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                      "dropout": self.dropout, "module": self.classifier_name_,
                      "n_features": self.n_features_},
             "strategy": self.strategy,
-            "params": {k: (str(v) if isinstance(v, os.PathLike) else v)
-                       for k, v in self.get_params().items()
-                       if k not in ("run_dir", "progress", "num_workers")},
+            "params": saved_params(self, _NOT_SAVED),
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config_.items()},
             "training": {"best_epoch": self.best_epoch_, "epochs_run": self.epochs_run_,
                          "stopped_early": self.stopped_early_, "validation": self.validation_,
@@ -481,8 +489,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             BACKBONE_IDENTITY,
             CLASS_NAMES,
             REDO_HINT,
+            check_backbone_names,
             check_classes,
             check_config,
+            check_own_params,
             check_width,
             load_weights,
             read_tensors,
@@ -501,15 +511,29 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                           "stopped_early?": "boolean", "validation?": "string|null",
                           "groups?": ["object"], "history?": ["object"]},
         }
-        check_config(folder, config, schema, cls, not_saved=("run_dir", "progress", "num_workers"))
+        check_config(folder, config, schema, cls, not_saved=_NOT_SAVED)
         classes, head, arch = config["classes"], config["head"], config["arch"]
-        # Only timm's own registry: "hf-hub:" names would fetch a config from the internet.
+        params = config["params"]
+        check_backbone_names(folder, [("backbone", params.get("backbone")),
+                                      ("arch", params.get("arch"))])
+        estimator = cls(**params)
+        check_own_params(folder, lambda: estimator._check_params(here=False))
+        if config.get("strategy", estimator.strategy) != estimator.strategy:
+            raise BundleError(f"{folder}/config.json: strategy {config['strategy']!r} disagrees "
+                              f"with params.strategy {estimator.strategy!r}; the file was edited. "
+                              f"{REDO_HINT}")
+        # The network is built from timm's own registry only: it has no bundled backbones,
+        # and "hf-hub:" names would fetch a config from the internet.
+        check_backbone_names(folder, [("arch", arch)], where="config")
         if not timm.is_model(arch):
             raise BundleError(f"{folder}/config.json: arch {arch!r} is not a timm architecture; "
                               f"the file was edited or comes from a newer timm. {REDO_HINT}")
         if head["kind"] not in HEADS:
             raise BundleError(f"{folder}/config.json: head kind {head['kind']!r} is not one of "
                               f"{', '.join(HEADS)}; the file was edited. {REDO_HINT}")
+        if head["kind"] != estimator.head:
+            raise BundleError(f"{folder}/config.json: head kind {head['kind']!r} disagrees with "
+                              f"params.head {estimator.head!r}; the file was edited. {REDO_HINT}")
         state = read_tensors(folder, WEIGHTS_FILE)
         # The fine-tuned weights are all in the bundle: build the bare architecture, no
         # pretrained download or bundled-weights package needed.
@@ -525,7 +549,6 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         training = config.get("training", {})
-        estimator = cls(**config["params"])
         estimator.model_ = model.eval()
         estimator.classes_ = np.asarray(classes)
         estimator.data_config_ = config["data_config"]

@@ -11,7 +11,6 @@ concatenates their features.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -24,14 +23,24 @@ from transferkit.bundle import (
     BACKBONE_IDENTITY,
     CLASS_NAMES,
     REDO_HINT,
+    check_backbone_names,
     check_classes,
     check_config,
+    check_own_params,
+    check_param_values,
     check_width,
     first_line,
+    saved_params,
 )
 from transferkit.errors import BundleError, DataError
-from transferkit.features.classifiers import make_probe_pipeline
-from transferkit.features.extract import FrozenFeaturesMixin, _as_paths
+from transferkit.features.classifiers import (
+    CLASSIFIERS,
+    EMBEDDINGS,
+    NORMALISATIONS,
+    make_probe_pipeline,
+)
+from transferkit.data.dataset import as_paths
+from transferkit.features.extract import FrozenFeaturesMixin
 
 SKOPS_FILE = "classifier.skops"
 # The exact types beyond skops' own safe defaults that the pipelines of
@@ -102,8 +111,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         """Extract features of ``X`` and fit the classifier (``X_val`` is unused: the
         classifier's hyper-parameters come from cross-validation on ``X``)."""
         y = np.asarray(y)
-        if len(y) != len(_as_paths(X)):
-            raise DataError(f"{len(_as_paths(X))} images but {len(y)} labels.")
+        if len(y) != len(as_paths(X)):
+            raise DataError(f"{len(as_paths(X))} images but {len(y)} labels.")
         result = self.extract(X)
         self.skipped_ = result.skipped
         self.extract_seconds_ = result.seconds
@@ -133,6 +142,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
     # -- prediction -------------------------------------------------------------------
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "classifier_")
+        if len(features) == 0:  # scikit-learn refuses an empty array
+            return np.zeros((0, len(self.classes_)))
         return self.classifier_.predict_proba(features)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -164,9 +175,7 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         extractor = self._extractor()
         return {
             "backbone": extractor.identity()["backbone"],
-            "params": {k: (str(v) if isinstance(v, os.PathLike) else v)
-                       for k, v in self.get_params().items()
-                       if k not in ("cache_dir", "progress", "num_workers")},
+            "params": saved_params(self, _NOT_SAVED),
             "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
             "layers": extractor.layers,
             "n_features": int(self.n_features_in_),
@@ -174,7 +183,18 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
 
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "LinearProbe":
+        from transferkit.backbones.taps import POOLINGS
+        from transferkit.features.runtime import RUNTIMES
+
         check_config(folder, config, _CONFIG_SCHEMA, cls, _NOT_SAVED)
+        params = config["params"]
+        check_param_values(folder, params, {
+            "classifier": CLASSIFIERS, "pooling": POOLINGS, "runtime": RUNTIMES,
+            "embedding": (None, *EMBEDDINGS), "normalise": (None, *NORMALISATIONS)},
+            positive=("batch_size",))
+        _check_pca(folder, params.get("pca"))
+        check_backbone_names(folder, [("backbone", params.get("backbone")),
+                                      ("arch", params.get("arch"))])
         classifier = load_classifier(Path(folder) / SKOPS_FILE)
         check_classes(folder, config["classes"], len(classifier.classes_), SKOPS_FILE)
         check_width(folder, config["n_features"], int(classifier.n_features_in_), SKOPS_FILE)
@@ -184,7 +204,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         estimator.n_features_in_ = config["n_features"]
         saved = config["backbone"] if isinstance(config["backbone"], list) else [config["backbone"]]
         extractor = estimator._extractor()
-        here = extractor.identity()["backbone"]
+        # An unknown params.layer fails here, as at fit.
+        here = check_own_params(folder, extractor.identity)["backbone"]
         here = here if isinstance(here, list) else [here]
         if len(saved) != len(here):
             raise BundleError(f"{folder}/config.json lists {len(saved)} backbone(s) but its "
@@ -195,8 +216,22 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
                     f"{folder} was trained on backbone weights {old['weights_digest']} but "
                     f"{old['name']} here has weights {new['weights_digest']}; its classifier "
                     "would see different features. Install the same weights or re-run fit.")
+        if config["layers"] != extractor.layers:
+            raise BundleError(f"{folder}/config.json lists the layers {config['layers']} but its "
+                              f"params.layer gives {extractor.layers}; the file was edited. "
+                              f"{REDO_HINT}")
         check_width(folder, config["n_features"], int(extractor.dim), "the backbone's layers")
         return estimator
+
+
+def _check_pca(folder: Path, pca) -> None:
+    """``pca`` as make_probe_pipeline takes it: none, a number of components, or a share
+    of the variance in (0, 1)."""
+    if pca is None or (type(pca) is int and pca >= 1) or (type(pca) is float and 0 < pca < 1):
+        return
+    raise BundleError(f"{folder}/config.json: params.pca is {pca!r}, neither a number of "
+                      f"components (>= 1) nor a share of variance in (0, 1); the file was "
+                      f"edited. {REDO_HINT}")
 
 
 def load_classifier(path: Path):
@@ -237,7 +272,36 @@ def load_classifier(path: Path):
     if not isinstance(classifier, Pipeline) or not hasattr(classifier, "predict_proba"):
         raise BundleError(f"{path} holds a {type(classifier).__name__}, not the classifier "
                           f"pipeline transferkit writes. {REDO_HINT}")
+    _check_steps_fit_together(path, classifier, unpacked)
     return classifier
+
+
+def _check_steps_fit_together(path: Path, classifier, unpacked: int) -> None:
+    """Run the pipeline once on a row of zeros: its steps must take each other's widths
+    and give one probability per class. Loading checks only the first step's width and
+    the last step's classes, so inner steps that disagree would otherwise fail only at
+    predict time, with a traceback."""
+    try:
+        width, n_classes = int(classifier.n_features_in_), len(classifier.classes_)
+    except Exception as exc:  # an unfitted or hollowed-out pipeline
+        raise BundleError(f"{path}: the classifier is not fitted ({type(exc).__name__}: "
+                          f"{first_line(exc)}). {REDO_HINT}") from exc
+    # Every pipeline fit writes keeps per-feature numbers (scaler, embedding, weights), so
+    # a width beyond the file's size is a lie, and the probe row would be that large.
+    if not 0 < width <= unpacked // 4:
+        raise BundleError(f"{path}: the classifier claims {width} input features, which a "
+                          f"file of {unpacked} bytes cannot describe. {REDO_HINT}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shape = np.shape(classifier.predict_proba(np.zeros((1, width), dtype=np.float32)))
+    except Exception as exc:
+        raise BundleError(f"{path}: the classifier's steps do not fit together "
+                          f"({type(exc).__name__}: {first_line(exc)}). {REDO_HINT}") from exc
+    if shape != (1, n_classes):
+        raise BundleError(f"{path}: the classifier gives probabilities of shape {list(shape)} "
+                          f"for one image, not [1, {n_classes}]; its steps do not fit "
+                          f"together. {REDO_HINT}")
 
 
 def full_network_embedding(**params) -> LinearProbe:

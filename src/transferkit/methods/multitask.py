@@ -228,13 +228,14 @@ class MultiTaskClassifier(BaseEstimator):
                 array = None
         if array is not None and array.ndim == 2 and array.dtype.kind in "fiub":
             return array.astype(np.float32), np.ones(len(array), dtype=bool)
-        from transferkit.features.extract import FrozenExtractor, _as_paths
+        from transferkit.data.dataset import as_paths
+        from transferkit.features.extract import FrozenExtractor
 
         if getattr(self, "extractor_", None) is None:
             self.extractor_ = FrozenExtractor.from_name(
                 self.backbone or DEFAULT_BACKBONE, self.weights, self.arch,
                 cache_dir=self.cache_dir, use_cache=self.use_cache)
-        result = self.extractor_.extract(_as_paths(X), progress=self.progress)
+        result = self.extractor_.extract(as_paths(X), progress=self.progress)
         if result.skipped:
             reasons = "; ".join(reason for _, reason in result.skipped[:5])
             if not training:

@@ -25,13 +25,14 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from transferkit.outputs import save_figure_atomic
+
     figure = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(figure)
     draw_learning_curves(figure, history, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_figure_atomic(figure, path)
 
 
 def draw_learning_curves(figure, history: list[dict], title: str | None = None) -> None:

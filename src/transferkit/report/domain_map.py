@@ -31,6 +31,8 @@ def plot_domain_maps(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from transferkit.outputs import save_figure_atomic
+
     figure = Figure(figsize=(4.2 * len(panels), 4.0), dpi=100)
     FigureCanvasAgg(figure)
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
@@ -46,5 +48,4 @@ def plot_domain_maps(panels: dict[str, tuple[np.ndarray, np.ndarray]], path: str
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return save_figure_atomic(figure, path)

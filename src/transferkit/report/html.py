@@ -115,8 +115,21 @@ def collect_report_data(estimator, train_paths, train_labels, val_paths, val_lab
 
 # --------------------------------------------------------------------------- rendering
 
+# Every value below comes from files in the run folder, which anyone may have edited:
+# text goes through _esc, numbers through _number, and nothing read from disk reaches
+# the page any other way.
 def _esc(value) -> str:
     return html.escape(str(value))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _number(value, spec: str = "") -> str:
+    """``value`` formatted with ``spec`` when it is a number; anything else (an edited
+    file may hold text where a number belongs) shown as escaped text."""
+    return format(value, spec) if _is_number(value) else _esc(value)
 
 
 def _table(header: list[str] | None, rows: list[list], cls: str = "") -> str:
@@ -125,23 +138,27 @@ def _table(header: list[str] | None, rows: list[list], cls: str = "") -> str:
     return f'<table class="{cls}">{head}{body}</table>'
 
 
-def _pct(value, ci=None) -> str:
-    text = f"{100 * float(value):.1f}%"
-    if ci:
+def _pct(value, ci=None, decimals: int = 1) -> str:
+    if not _is_number(value):
+        return _esc(value)
+    text = f"{100 * value:.{decimals}f}%"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(map(_is_number, ci)):
         text += f' <span class="muted">[{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]</span>'
     return text
 
 
 def _confusion_matrix(matrix: dict) -> str:
-    labels, counts = matrix["labels"], np.asarray(matrix["matrix"])
+    labels, counts = matrix["labels"], matrix["matrix"]
     rows = []
     for label, row in zip(labels, counts):
-        total = max(1, int(row.sum()))
+        numbers = [value if _is_number(value) else 0 for value in row]
+        total = max(1, sum(numbers))
         cells = [f"<b>{_esc(label)}</b>"]
-        for j, value in enumerate(row):
-            share = value / total
-            colour = f"rgba(40,110,200,{0.08 + 0.8 * share:.2f})" if value else "transparent"
-            cells.append(f'<span style="display:block;background:{colour}">{int(value)}</span>')
+        for value, number in zip(row, numbers):
+            share = min(1.0, max(0.0, number / total))
+            colour = f"rgba(40,110,200,{0.08 + 0.8 * share:.2f})" if number else "transparent"
+            cells.append(f'<span style="display:block;background:{colour}">'
+                         f'{_number(value)}</span>')
         rows.append(cells)
     return ("<p class=\"muted\">Rows: true class, columns: predicted class.</p>"
             + _table(["true \\ predicted", *labels], rows))
@@ -151,10 +168,11 @@ def _metrics_section(name: str, metrics: dict) -> str:
     rows = [["accuracy", _pct(metrics["accuracy"], metrics.get("accuracy_ci95"))],
             ["balanced accuracy", _pct(metrics["balanced_accuracy"])]]
     if "macro_f1" in metrics:
-        rows.append(["macro-F1", f"{metrics['macro_f1']:.3f}"])
-    rows.append(["images", str(metrics.get("n", ""))])
-    per_class = [[_esc(c), f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}",
-                  str(v["support"])] for c, v in metrics.get("per_class", {}).items()]
+        rows.append(["macro-F1", _number(metrics["macro_f1"], ".3f")])
+    rows.append(["images", _number(metrics.get("n", ""))])
+    per_class = [[_esc(c), _number(v["precision"], ".3f"), _number(v["recall"], ".3f"),
+                  _number(v["f1"], ".3f"), _number(v["support"])]
+                 for c, v in metrics.get("per_class", {}).items()]
     out = f"<h2>{_esc(name)}</h2>" + _table(["measure", "value"], rows, "kv")
     out += "<p class=\"muted\">Brackets: 95% Wilson confidence interval of the accuracy.</p>"
     if per_class:
@@ -173,7 +191,7 @@ def _learning_curves(history: list[dict], heading: str = "Learning curves", note
     figure = Figure(figsize=(9, 3.6), dpi=100)
     FigureCanvasAgg(figure)
     draw_learning_curves(figure, history)
-    note = f'<p class="muted">{note}</p>' if note else ""
+    note = f'<p class="muted">{_esc(note)}</p>' if note else ""
     return (f'<h2>{_esc(heading)}</h2>{note}<img class="figure" alt="learning curves" '
             f'src="{_png_data_uri(figure)}">')
 
@@ -198,8 +216,8 @@ def _map_section(data: dict) -> str:
                            color=cmap(i % cmap.N), alpha=0.75,
                            label=f"{label} ({part})" if len(set(labels)) <= 10 else None)
     variance = data.get("explained_variance", [0, 0])
-    ax.set_xlabel(f"PC 1 ({100 * variance[0]:.0f}% of variance)")
-    ax.set_ylabel(f"PC 2 ({100 * variance[1]:.0f}% of variance)")
+    ax.set_xlabel(f"PC 1 ({_pct(variance[0], decimals=0)} of variance)")
+    ax.set_ylabel(f"PC 2 ({_pct(variance[1], decimals=0)} of variance)")
     if len(set(labels)) <= 10:
         ax.legend(fontsize=7, loc="best")
     ax.set_title("features of training (o) and validation (^) images")
@@ -208,10 +226,25 @@ def _map_section(data: dict) -> str:
             f'<img class="figure" alt="feature map" src="{_png_data_uri(figure)}">')
 
 
-def _thumbnail(path: str) -> str | None:
+def _under(path: str, folder: Path | None) -> bool:
+    """Whether ``path``, links followed, lies in ``folder`` (itself resolved)."""
+    if folder is None:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL in the name
+        return False
+
+
+def _thumbnail(path: str, data_folder: Path | None) -> str | None:
+    """The picture at ``path`` as a data URI, or None when it cannot be read or lies
+    outside ``data_folder``: report_data.json may have been edited to name any file on
+    this machine, and the report would carry it away."""
     from transferkit.data.images import load_image
     from transferkit.errors import ImageDecodeError
 
+    if not _under(path, data_folder):
+        return None
     try:
         image = load_image(path)
     except (ImageDecodeError, OSError):
@@ -222,9 +255,23 @@ def _thumbnail(path: str) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _gallery(predictions: list[dict]) -> str:
+def _data_folder(config: dict) -> Path | None:
+    """The folder the run's images came from (``data.source`` of its config: the folder,
+    or a CSV file's folder), resolved; None when the config does not say."""
+    data = config.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
+    if not isinstance(source, str) or not source:
+        return None
+    try:
+        folder = Path(source).resolve()
+        return folder.parent if folder.is_file() else folder
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _gallery(predictions: list[dict], data_folder: Path | None) -> str:
     wrong = sorted((p for p in predictions if p["true"] != p["predicted"]),
-                   key=lambda p: -p["confidence"])
+                   key=lambda p: -p["confidence"] if _is_number(p["confidence"]) else 0)
     out = "<h2>Most confidently wrong validation images</h2>"
     if not predictions:
         return out + "<p class=\"muted\">No validation predictions were recorded.</p>"
@@ -232,29 +279,31 @@ def _gallery(predictions: list[dict]) -> str:
         return out + f"<p>None: all {len(predictions)} validation images are classified right.</p>"
     figures, missing = [], 0
     for item in wrong[:GALLERY_SIZE]:
-        uri = _thumbnail(item["path"])
+        name = _esc(Path(str(item["path"])).name)
+        uri = _thumbnail(str(item["path"]), data_folder)
         if uri is None:
             missing += 1
-            continue
-        figures.append(f'<figure><img alt="{_esc(Path(item["path"]).name)}" src="{uri}">'
-                       f'<figcaption>{_esc(Path(item["path"]).name)}<br>true <b>{_esc(item["true"])}'
+        picture = f'<img alt="{name}" src="{uri}">' if uri else ""
+        figures.append(f'<figure>{picture}<figcaption>{name}<br>true <b>{_esc(item["true"])}'
                        f'</b>, predicted <b>{_esc(item["predicted"])}</b> '
-                       f'({100 * item["confidence"]:.0f}%)</figcaption></figure>')
+                       f'({_pct(item["confidence"], decimals=0)})</figcaption></figure>')
     out += (f"<p>{len(wrong)} of {len(predictions)} validation images are misclassified; the "
             f"{min(len(wrong), GALLERY_SIZE)} the model was surest about:</p>")
     out += f'<div class="gallery">{"".join(figures)}</div>'
     if missing:
-        out += f'<p class="warn">{missing} image(s) are no longer readable at their path.</p>'
+        out += (f'<p class="warn">{missing} image(s) are shown by name only: no longer readable '
+                "at their path, or outside the run's data folder.</p>")
     return out
 
 
 def _layer_sweep(run_dir: Path) -> str:
     sweep = json.loads((run_dir / "layers.json").read_text(encoding="utf-8"))
-    rows = [[_esc(r["layer"]), str(r["dim"]),
-             f"{r['balanced_accuracy_mean']:.3f} ± {r['balanced_accuracy_std']:.3f}",
-             f"{r['seconds']:.2f}"] for r in sweep["rows"]]
-    out = (f"<h2>Layer transferability</h2><p>{sweep['folds']}-fold cross-validation, "
-           f"{_esc(sweep['classifier'])} probe, {sweep['n_images']} images. Best single layer: "
+    rows = [[_esc(r["layer"]), _number(r["dim"]),
+             f"{_number(r['balanced_accuracy_mean'], '.3f')} ± "
+             f"{_number(r['balanced_accuracy_std'], '.3f')}",
+             _number(r["seconds"], ".2f")] for r in sweep["rows"]]
+    out = (f"<h2>Layer transferability</h2><p>{_number(sweep['folds'])}-fold cross-validation, "
+           f"{_esc(sweep['classifier'])} probe, {_number(sweep['n_images'])} images. Best single layer: "
            f"<b>{_esc(sweep['best_layer'])}</b>; best overall: <b>{_esc(sweep['best_overall'])}</b>."
            "</p>" + _table(["layer", "dim", "balanced accuracy", "seconds"], rows))
     plot = run_dir / "layers.png"
@@ -269,7 +318,8 @@ def _data_section(config: dict, metrics: dict) -> str:
     rows = []
     train_counts, val_counts = data.get("train_counts", {}), data.get("val_counts", {})
     for name in sorted(set(train_counts) | set(val_counts)):
-        rows.append([_esc(name), str(train_counts.get(name, 0)), str(val_counts.get(name, 0))])
+        rows.append([_esc(name), _number(train_counts.get(name, 0)),
+                     _number(val_counts.get(name, 0))])
     out = "<h2>Data</h2>"
     if data:
         out += (f"<p>Source: <code>{_esc(data.get('source', '?'))}</code>. Validation: "
@@ -305,9 +355,9 @@ def _model_section(config: dict, metrics: dict) -> str:
     training = config.get("training", {})
     if training:
         rows.append(["epochs run / best epoch",
-                     f"{training.get('epochs_run')} / {training.get('best_epoch')}"])
+                     f"{_number(training.get('epochs_run'))} / {_number(training.get('best_epoch'))}"])
     if "seconds" in metrics:
-        rows.append(["fit wall time", f"{metrics['seconds']:.1f} s"])
+        rows.append(["fit wall time", f"{_number(metrics['seconds'], '.1f')} s"])
     versions = config.get("versions", {})
     if versions:
         rows.append(["versions", _esc(", ".join(f"{k} {v}" for k, v in versions.items()))])
@@ -318,9 +368,10 @@ def _negative_transfer(check: dict) -> str:
     cls = "warn" if check.get("negative_transfer") else ""
     t, b = check["transferred_balanced_accuracy"], check["baseline_balanced_accuracy"]
     return (f"<h2>Negative-transfer check</h2><p class=\"{cls}\"><b>{_esc(check['verdict'])}</b>"
-            f"</p><p>Transferred {t['mean']:.3f} ± {t['std']:.3f} vs no-transfer baseline "
-            f"({_esc(check.get('baseline', ''))}) {b['mean']:.3f} ± {b['std']:.3f} balanced "
-            f"accuracy; {_esc(check.get('protocol', ''))}, p = {check['p_value']:.3g}.</p>")
+            f"</p><p>Transferred {_number(t['mean'], '.3f')} ± {_number(t['std'], '.3f')} vs "
+            f"no-transfer baseline ({_esc(check.get('baseline', ''))}) "
+            f"{_number(b['mean'], '.3f')} ± {_number(b['std'], '.3f')} balanced accuracy; "
+            f"{_esc(check.get('protocol', ''))}, p = {_number(check['p_value'], '.3g')}.</p>")
 
 
 def _embedded_png(path: Path, alt: str) -> str:
@@ -349,30 +400,34 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
     def acc(value):
         return "—" if value is None else _pct(value)
 
+    def count(key, default="?"):
+        return _number(summary.get(key, default))
+
     rows = [["source only", acc(summary.get("source_only_accuracy"))],
             [_esc(summary.get("method", "?")), acc(summary.get("adapted_accuracy"))],
             ["target oracle", acc(summary.get("oracle_accuracy"))]]
     gap = summary.get("gap_closed")
     facts = [["family", _esc(summary.get("family", "?"))],
              ["source", f"<code>{_esc(summary.get('source', '?'))}</code> "
-                        f"({summary.get('n_source', '?')} images)"],
+                        f"({count('n_source')} images)"],
              ["target (unlabelled)", f"<code>{_esc(summary.get('target', '?'))}</code> "
-                                     f"({summary.get('n_target', '?')} images)"],
-             ["labelled target images", str(summary.get("n_target_labelled", 0))
+                                     f"({count('n_target')} images)"],
+             ["labelled target images", count("n_target_labelled", 0)
               + (" (used by the method)" if summary.get("labelled_target_used_by_method")
                  else " (train the oracle only)")],
-             ["target test images", str(summary.get("n_target_test", 0))],
-             ["gap closed", "—" if gap is None else f"{100 * gap:.0f}% of source only → oracle"]]
+             ["target test images", count("n_target_test", 0)],
+             ["gap closed", "—" if gap is None
+              else f"{_pct(gap, decimals=0)} of source only → oracle"]]
     if summary.get("a_distance_before") is not None:
-        facts.append(["proxy A-distance", f"{summary['a_distance_before']:.2f} before, "
-                                          f"{summary['a_distance_after']:.2f} after"])
+        facts.append(["proxy A-distance", f"{_number(summary['a_distance_before'], '.2f')} "
+                      f"before, {_number(summary.get('a_distance_after'), '.2f')} after"])
     if summary.get("mmd_before") is not None:
-        facts.append(["MMD (RBF kernel)", f"{summary['mmd_before']:.3f} before, "
-                                          f"{summary['mmd_after']:.3f} after"])
+        facts.append(["MMD (RBF kernel)", f"{_number(summary['mmd_before'], '.3f')} before, "
+                                          f"{_number(summary.get('mmd_after'), '.3f')} after"])
     if summary.get("backbone"):
         facts.append(["backbone", _esc(summary["backbone"])])
     if summary.get("seconds") is not None:
-        facts.append(["wall time", f"{summary['seconds']:.1f} s"])
+        facts.append(["wall time", f"{_number(summary['seconds'], '.1f')} s"])
     if summary.get("demo"):
         facts.insert(0, ["demo", _esc(summary["demo"])])
     out = ["<h2>Domain adaptation</h2>" + _table(None, facts, "kv")
@@ -427,6 +482,25 @@ def render_report(run_dir: str | os.PathLike) -> str:
         raise TransferkitError(f"{run_dir}: not a run folder (no config.json from `transferkit "
                                "fit`, no layers.json from `transferkit layers`, no summary.json "
                                "from `transferkit adapt`).")
+    try:
+        title, sections = _sections(run_dir, adaptation, has_model, has_sweep)
+    except TransferkitError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # A value of the wrong kind or a key missing in a file someone edited.
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "no details"
+        raise TransferkitError(f"{run_dir}: a file of this run folder is malformed "
+                               f"({type(exc).__name__}: {detail}); it was edited or damaged. "
+                               "Re-run the command that wrote it.") from exc
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"{GENERATOR_TAG}<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>transferkit report</h1><p class=\"muted\">{_esc(run_dir.resolve())}</p>"
+            + "".join(sections) + "</body></html>")
+
+
+def _sections(run_dir: Path, adaptation: dict | None, has_model: bool,
+              has_sweep: bool) -> tuple[str, list[str]]:
+    """The report's title and its sections, in reading order."""
     sections, title = [], run_dir.name
     if adaptation:
         title = f"{run_dir.name}: adapt {adaptation.get('method', '')}"
@@ -450,13 +524,10 @@ def render_report(run_dir: str | os.PathLike) -> str:
         if extra.get("feature_map"):
             sections.append(_map_section(extra["feature_map"]))
         if extra:
-            sections.append(_gallery(extra.get("val_predictions", [])))
+            sections.append(_gallery(extra.get("val_predictions", []), _data_folder(config)))
     if has_sweep:
         sections.append(_layer_sweep(run_dir))
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"{GENERATOR_TAG}<title>{_esc(title)}</title><style>{_STYLE}</style></head><body>"
-            f"<h1>transferkit report</h1><p class=\"muted\">{_esc(run_dir.resolve())}</p>"
-            + "".join(sections) + "</body></html>")
+    return title, sections
 
 
 def is_transferkit_report(path: Path) -> bool:
@@ -473,9 +544,9 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     """Write ``report.html`` (or ``out``) for ``run_dir``; returns its path.
 
     An existing file is replaced only if it is a report transferkit wrote, or it is the
-    default ``RUN_DIR/report.html`` of a folder transferkit wrote."""
-    from transferkit.outputs import check_output_file, default_mode, is_transferkit_folder
-    from transferkit.train.checkpoint import atomic_write_bytes
+    default ``RUN_DIR/report.html`` of a folder transferkit wrote; a link there is refused
+    (see :func:`transferkit.outputs.check_output_file`)."""
+    from transferkit.outputs import check_output_file, is_transferkit_folder, write_text_atomic
 
     path = Path(out) if out is not None else Path(run_dir) / REPORT_FILE
     in_own_run_folder = out is None and is_transferkit_folder(Path(run_dir))
@@ -484,6 +555,5 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
                                or is_transferkit_report(existing))
     text = render_report(run_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, text.encode("utf-8"))
-    os.chmod(target, default_mode())  # atomic_write_bytes's temporary file is private (0600)
+    write_text_atomic(target, text)
     return path

@@ -37,29 +37,11 @@ import numpy as np
 import torch
 
 from transferkit.errors import TransferkitError
+from transferkit.outputs import write_bytes_atomic, write_json_atomic
 
 POINTER = "latest.json"
 FINAL = "final"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, payload) -> None:
-    atomic_write_bytes(path, json.dumps(payload, indent=2, default=str).encode("utf-8"))
 
 
 def _tensor_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -70,7 +52,7 @@ def _tensor_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save
 
-    atomic_write_bytes(path, save(_tensor_dict(state)))
+    write_bytes_atomic(path, save(_tensor_dict(state)))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -138,7 +120,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    atomic_write_bytes(Path(path), buffer.getvalue().encode("utf-8"))
+    write_bytes_atomic(Path(path), buffer.getvalue().encode("utf-8"))
 
 
 def dataset_fingerprint(dataset) -> str | None:
@@ -182,18 +164,30 @@ def data_fingerprint(train_loader, val_loader=None, extra=None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _refuse_link(path: Path, what: str) -> None:
+    # Checkpoints are written into folders this class creates; a link there was put by
+    # someone else, and following it would write (and later delete) wherever it points.
+    if path.is_symlink():
+        raise TransferkitError(f"{path}: this {what} is a symbolic link, and checkpoints are "
+                               "never written through a link; remove it or give another run "
+                               "folder (nothing was changed).")
+
+
 class CheckpointDir:
-    """Reads and writes the checkpoints of one training run (see the module docstring)."""
+    """Reads and writes the checkpoints of one training run (see the module docstring).
+    A link at the run folder, or where it puts a checkpoint, is refused, never followed."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.root = Path(run_dir)
+        _refuse_link(self.root, "run folder")
 
     # -- writing ----------------------------------------------------------------------
     def save(self, epoch: int, model_state: dict, best_state: dict | None, best_changed: bool,
              state: dict, progress: dict) -> Path:
+        folder = self.root / f"ckpt-{epoch:04d}"
+        _refuse_link(folder, "checkpoint folder")
         self.root.mkdir(parents=True, exist_ok=True)
         previous = self.latest()
-        folder = self.root / f"ckpt-{epoch:04d}"
         if folder.exists():  # left over from an interrupted attempt at this epoch
             shutil.rmtree(folder)
         folder.mkdir()
@@ -204,9 +198,9 @@ class CheckpointDir:
                 os.link(old_best, folder / "best.safetensors")  # unchanged: no second copy
             else:
                 save_tensors(folder / "best.safetensors", best_state)
-        atomic_write_bytes(folder / "state.pt", torch_save_bytes(state))
-        atomic_write_json(folder / "progress.json", progress)
-        atomic_write_json(self.root / POINTER, {"checkpoint": folder.name, "epoch": epoch})
+        write_bytes_atomic(folder / "state.pt", torch_save_bytes(state))
+        write_json_atomic(folder / "progress.json", progress)
+        write_json_atomic(self.root / POINTER, {"checkpoint": folder.name, "epoch": epoch})
         # Only now is the older checkpoint redundant.
         for old in self.root.glob("ckpt-*"):
             if old != folder:
@@ -214,10 +208,11 @@ class CheckpointDir:
         return folder
 
     def save_final(self, model_state: dict, result: dict) -> None:
+        target = self.root / FINAL
+        _refuse_link(target, "final-weights folder")
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".final-"))
         save_tensors(staging / "model.safetensors", model_state)
-        atomic_write_json(staging / "result.json", result)
-        target = self.root / FINAL
+        write_json_atomic(staging / "result.json", result)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -237,6 +232,7 @@ class CheckpointDir:
             raise TransferkitError(f"{pointer}: damaged checkpoint pointer (names {name!r}, not a "
                                    f"ckpt-NNNN folder); delete {self.root} or give another run folder.")
         folder = self.root / name
+        _refuse_link(folder, "checkpoint folder")
         return folder if folder.is_dir() else None
 
     def load(self) -> tuple[dict, dict | None, dict, dict] | None:

@@ -85,12 +85,10 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     grad_clip: float | None = 1.0  # max global gradient norm; None disables
     patience: int | None = 3  # epochs without val-loss improvement before stopping
-    min_delta: float = 0.0
     restore_best: bool = True
     device: str = "auto"  # "auto", "cpu" or "cuda"
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (fp16 needs a GPU)
     channels_last: bool = True
-    compile: bool = False
     seed: int = 0
     progress: bool = True
     resume: bool = True
@@ -258,8 +256,6 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
             accelerator.unwrap_model(model).load_state_dict(weights)
             return TrainResult(result["history"], result["best_epoch"], result["epochs_run"],
                                result["stopped_early"], model)
-    if config.compile:
-        model = torch.compile(model)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
@@ -307,7 +303,7 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
 
         improved = False
         if val_loss is not None and not math.isnan(val_loss):
-            if val_loss < best_loss - config.min_delta:
+            if val_loss < best_loss:
                 best_loss, best_epoch, bad_epochs, improved = val_loss, epoch, 0, True
                 best_state = _state_dict(accelerator, model)
             else:
@@ -336,8 +332,6 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     if config.restore_best and best_state is not None:
         accelerator.unwrap_model(model).load_state_dict(best_state)
     model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if config.compile:
-        model = getattr(model, "_orig_mod", model)
     if config.channels_last:
         model = model.to(memory_format=torch.contiguous_format)
     restored = config.restore_best and best_state is not None

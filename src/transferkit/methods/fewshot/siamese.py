@@ -27,7 +27,6 @@ cosine of the two embeddings; ``verify(a, b)`` is ``similarity >= threshold_``.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -37,9 +36,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.errors import BundleError, DataError
-from transferkit.features.extract import FrozenExtractor, _as_paths
+from transferkit.data.dataset import as_paths
+from transferkit.features.extract import FrozenExtractor
 
 LOSSES = ("contrastive", "triplet")
+# Machine-local options a saved model leaves out (run_dir: a config must never set it).
+_NOT_SAVED = ("cache_dir", "progress", "num_workers", "run_dir")
 WEIGHTS_FILE = "embedding.safetensors"
 
 
@@ -195,7 +197,7 @@ class SiameseSimilarity(BaseEstimator):
 
     def extract(self, X):
         """Backbone features of the readable images of ``X`` (an ``ExtractionResult``)."""
-        return self._extractor().extract(_as_paths(X), progress=self.progress)
+        return self._extractor().extract(as_paths(X), progress=self.progress)
 
     def _features_of(self, X) -> np.ndarray:
         result = self.extract(X)
@@ -219,8 +221,8 @@ class SiameseSimilarity(BaseEstimator):
         """Extract features of the images ``X`` (labels ``y``) and learn the similarity.
         Unreadable training images are skipped with a warning (``skipped_``)."""
         y = np.asarray(y)
-        if len(y) != len(_as_paths(X)):
-            raise DataError(f"{len(_as_paths(X))} images but {len(y)} labels.")
+        if len(y) != len(as_paths(X)):
+            raise DataError(f"{len(as_paths(X))} images but {len(y)} labels.")
         result = self.extract(X)
         self.skipped_ = result.skipped
         if result.skipped:
@@ -431,18 +433,18 @@ class SiameseSimilarity(BaseEstimator):
     def _save_artifacts(self, folder: Path) -> dict:
         from safetensors.torch import save_file
 
+        from transferkit.bundle import saved_params
+
         check_is_fitted(self, "model_")
         save_file({k: v.contiguous() for k, v in self.model_.state_dict().items()},
                   str(Path(folder) / WEIGHTS_FILE))
         extractor = self._extractor()
         return {
             "backbone": extractor.identity()["backbone"],
-            "params": {k: (str(v) if isinstance(v, os.PathLike) else v)
-                       for k, v in self.get_params().items()
-                       if k not in ("cache_dir", "progress", "num_workers", "run_dir")},
+            "params": saved_params(self, _NOT_SAVED),
             "layers": extractor.layers,
-            "n_features": self.n_features_in_,
-            "threshold": self.threshold_, "eer": self.eer_,
+            "n_features": int(self.n_features_in_),
+            "threshold": float(self.threshold_), "eer": float(self.eer_),
             "validation": getattr(self, "validation_", None),
             "training": {"best_epoch": self.best_epoch_, "epochs_run": self.epochs_run_,
                          "history": self.history_},
@@ -452,13 +454,18 @@ class SiameseSimilarity(BaseEstimator):
     def _load_artifacts(cls, folder: Path, config: dict) -> "SiameseSimilarity":
         import torch
 
+        from transferkit.backbones.taps import POOLINGS
         from transferkit.bundle import (
             BACKBONE_IDENTITY,
             REDO_HINT,
+            check_backbone_names,
             check_config,
+            check_own_params,
+            check_param_values,
             check_weight_shapes,
             read_tensors,
         )
+        from transferkit.features.runtime import RUNTIMES
         from transferkit.nets.pair_embedding import PairEmbedding
 
         schema = {"n_features": "integer", "layers": ["string"], "threshold": "number",
@@ -466,13 +473,14 @@ class SiameseSimilarity(BaseEstimator):
                   "backbone": BACKBONE_IDENTITY,
                   "training?": {"best_epoch?": "integer|null", "epochs_run?": "integer|null",
                                 "history?": ["object"]}}
-        check_config(folder, config, schema, cls,
-                     not_saved=("cache_dir", "progress", "num_workers", "run_dir"))
-        estimator = cls(**config["params"])
-        try:
-            estimator._check_params()
-        except DataError as exc:
-            raise BundleError(f"{folder}/config.json: {exc} The file was edited. {REDO_HINT}") from exc
+        check_config(folder, config, schema, cls, not_saved=_NOT_SAVED)
+        params = config["params"]
+        check_param_values(folder, params, {"pooling": POOLINGS, "runtime": RUNTIMES},
+                           positive=("batch_size", "embedding_dim", "epochs"))
+        check_backbone_names(folder, [("backbone", params.get("backbone")),
+                                      ("arch", params.get("arch"))])
+        estimator = cls(**params)
+        check_own_params(folder, estimator._check_params)
         state = read_tensors(folder, WEIGHTS_FILE)
 
         def network():
@@ -499,10 +507,16 @@ class SiameseSimilarity(BaseEstimator):
         estimator.best_epoch_ = training.get("best_epoch")
         estimator.epochs_run_ = training.get("epochs_run")
         estimator.history_ = training.get("history", [])
-        saved, here = config["backbone"], estimator._extractor().identity()["backbone"]
+        extractor = estimator._extractor()
+        # An unknown params.layer fails here, as at fit.
+        saved, here = config["backbone"], check_own_params(folder, extractor.identity)["backbone"]
         if saved.get("weights_digest") != here.get("weights_digest"):
             raise BundleError(
                 f"{folder} was trained on backbone weights {saved.get('weights_digest')} but "
                 f"{saved.get('name')} here has weights {here.get('weights_digest')}; its head "
                 "would see different features. Install the same weights or train it again.")
+        if config["layers"] != extractor.layers:
+            raise BundleError(f"{folder}/config.json lists the layers {config['layers']} but its "
+                              f"params.layer gives {extractor.layers}; the file was edited. "
+                              f"{REDO_HINT}")
         return estimator

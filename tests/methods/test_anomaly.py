@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit import run
 from transferkit.cli import main
 from transferkit.errors import DataError

@@ -171,7 +171,7 @@ def test_multitask_csv_is_read_and_its_errors_are_clear(tmp_path):
 
 
 def test_cli_compares_multitask_with_single_task(tmp_path, capsys, tiny_checkpoint):
-    from conftest import colour_image
+    from builders import colour_image
 
     from transferkit.cli import main
 

@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.backbones import create_backbone
 from transferkit.data.dataset import list_image_files
 from transferkit.errors import DataError

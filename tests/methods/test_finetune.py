@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
-from transferkit.errors import DataError, NotFittedError
+from transferkit.errors import DataError
 from transferkit.methods import FineTuner
 from transferkit.train import TrainConfigError
 

@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedShuffleSplit, cross_val_score
 from threadpoolctl import threadpool_limits
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.errors import DataError
 from transferkit.evaluate import (
     binary_scores,

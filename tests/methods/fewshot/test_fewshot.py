@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.cli import main
 from transferkit.errors import DataError
 from transferkit.evaluate.metrics import equal_error_rate

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.data import load_dataset, stratified_split
 from transferkit.errors import DataError
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, write_class_folder
+from builders import REPO, write_class_folder
 from transferkit.cli import main
 
 

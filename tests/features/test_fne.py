@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit import run
 from transferkit.features.fne import FullNetworkEmbedding, discretise
 

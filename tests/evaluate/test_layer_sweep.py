@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.cli import main
 from transferkit.evaluate.layer_sweep import sweep_features
 

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.cli import main
 from transferkit.errors import TransferkitError
 from transferkit.report.browser import find_chromium, probe_in_browser

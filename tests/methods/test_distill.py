@@ -206,7 +206,7 @@ def test_students_are_much_smaller_than_a_lite_backbone():
 def test_cli_distill_end_to_end(tmp_path, capsys, tiny_checkpoint, monkeypatch):
     import json
 
-    from conftest import write_class_folder
+    from builders import write_class_folder
 
     from transferkit import run
     from transferkit.jobs import distill as distill_job

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import write_class_folder
+from builders import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.data.dataset import list_image_files
 from transferkit.errors import BundleError, DataError
