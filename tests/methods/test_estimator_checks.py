@@ -9,7 +9,7 @@ CNN, so it gets targeted tests (not fitted, sparse input) instead of the whole s
 scikit-learn's checks call ``fit(X, y)`` and never pass a target domain, so a
 domain-adaptation classifier is checked through a subclass that adapts the source to
 itself (``Xt = X``, the no-shift problem): everything but the adaptation is exercised,
-and the adaptation itself is tested in test_shallow_da.py. ZeroShotClassifier likewise
+and the adaptation itself is tested in tests/methods/domain/. ZeroShotClassifier likewise
 gets one-hot class vectors for the classes it is given.
 """
 

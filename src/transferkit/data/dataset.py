@@ -58,7 +58,7 @@ class DatasetSplits:
     notes: list[str] = field(default_factory=list)
 
 
-def _is_visible(path: Path) -> bool:
+def is_visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name not in ("Thumbs.db", "desktop.ini")
 
 
@@ -72,7 +72,7 @@ def list_image_files(folder: Path, recursive: bool = True) -> list[Path]:
     follow links to folders, so a link back to a parent folder does not loop.
     """
     pattern = "**/*" if recursive else "*"
-    files = [p for p in folder.glob(pattern) if not p.is_dir() and _is_visible(p)
+    files = [p for p in folder.glob(pattern) if not p.is_dir() and is_visible(p)
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     return sorted(files)
 
@@ -82,7 +82,7 @@ def read_image_folder(root: str | os.PathLike, classes: list[str] | None = None)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder. Give a folder with one sub-folder per class.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and _is_visible(p))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and is_visible(p))
     if not class_dirs:
         raise DataError(
             f"{root}: no class sub-folders found. Expected the layout {root}/<class>/<image>, "

@@ -45,18 +45,18 @@ def add_arguments(parser) -> None:
 
 def _test_groups(normal: Path, test: Path) -> tuple[list[tuple[str, list[Path]]], set[str]]:
     """The test folder's sub-folders as (name, files) and the names of the normal ones."""
-    from transferkit.data.dataset import _is_visible, list_image_files, looks_like_image
+    from transferkit.data.dataset import is_visible, list_image_files, looks_like_image
 
     if not test.is_dir():
         raise DataError(f"{test}: not a folder. Give a test folder with a normal/ sub-folder "
                         "and one sub-folder per kind of anomaly.")
-    loose = [p for p in test.iterdir() if p.is_file() and _is_visible(p) and looks_like_image(p)]
+    loose = [p for p in test.iterdir() if p.is_file() and is_visible(p) and looks_like_image(p)]
     if loose:
         raise DataError(f"{test}: {len(loose)} image(s) lie directly in the test folder (e.g. "
                         f"{loose[0].name}), so their label is unknown; move them into "
                         f"{test}/normal/ or into a sub-folder named after the anomaly.")
     groups = [(p.name, list_image_files(p)) for p in sorted(test.iterdir())
-              if p.is_dir() and _is_visible(p)]
+              if p.is_dir() and is_visible(p)]
     groups = [(name, files) for name, files in groups if files]
     normal_names = {name for name, _ in groups
                     if name.lower() in NORMAL_FOLDER_NAMES or name == normal.name}

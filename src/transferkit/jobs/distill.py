@@ -135,7 +135,7 @@ def measure_speed(teacher, student) -> dict:
     """Images/s of the teacher and the student (batches of 32, eager PyTorch, this CPU)."""
     import torch
 
-    from transferkit.methods.distill import _to_float
+    from transferkit.methods.distill import normalise_images
 
     size = int(student.image_size)
     model = student.model_.eval().to(memory_format=torch.channels_last)
@@ -143,7 +143,7 @@ def measure_speed(teacher, student) -> dict:
     batch = torch.randint(0, 256, (SPEED_BATCH, 3, size, size), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     student_speed = images_per_second(
-        lambda b: torch.softmax(model(_to_float(b).contiguous(memory_format=torch.channels_last)), 1),
+        lambda b: torch.softmax(model(normalise_images(b).contiguous(memory_format=torch.channels_last)), 1),
         batch)
     student.model_ = model.to(memory_format=torch.contiguous_format)
     result = {"batch_size": SPEED_BATCH, "torch_threads": torch.get_num_threads(),
@@ -221,7 +221,7 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
         paths = list(train.paths) + list(extra)
         logits, teacher_ok, skipped = teacher_logits(teacher_model, paths)
         probe = create_method("distill", **options)
-        images, image_ok, image_skipped = probe._images(paths)
+        images, image_ok, image_skipped = probe.read_images(paths)
     ok = teacher_ok & image_ok
     rows_logits = np.flatnonzero(teacher_ok)
     rows_images = np.flatnonzero(image_ok)
@@ -246,7 +246,7 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         teacher_proba, teacher_val_ok, val_skipped = teacher_model.predict_paths(val.paths)
-        val_images, val_ok, _ = probe._images(val.paths)
+        val_images, val_ok, _ = probe.read_images(val.paths)
     truth = class_names(val)
     val_rows = val_ok & teacher_val_ok
     keep_teacher = np.isin(np.flatnonzero(teacher_val_ok), np.flatnonzero(val_rows))

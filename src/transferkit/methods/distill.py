@@ -107,7 +107,7 @@ def _augment(images):
     return F.grid_sample(images, grid, padding_mode="reflection", align_corners=False)
 
 
-def _to_float(images):
+def normalise_images(images):
     """uint8 ``(N, 3, H, W)`` → normalised float32."""
     return (images.float() / 255.0 - _MEAN) / _STD
 
@@ -170,7 +170,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         if int(self.image_size) < 16:
             raise DataError(f"image_size must be at least 16, got {self.image_size}.")
 
-    def _images(self, X) -> tuple["torch.Tensor", np.ndarray, list]:
+    def read_images(self, X) -> tuple["torch.Tensor", np.ndarray, list]:
         """uint8 tensor ``(n_ok, 3, S, S)``, the ok mask over ``X``, skipped files."""
         import torch
 
@@ -257,7 +257,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         from transferkit.train.loop import TrainConfig, fit_loop
 
         self._check_params()
-        images, ok, self.skipped_ = self._images(X)
+        images, ok, self.skipped_ = self.read_images(X)
         n = len(ok)
         keep = np.flatnonzero(ok)
         if y is not None:
@@ -295,7 +295,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
 
         def step(net, batch):
             pixels, targets, teacher = batch
-            x = _to_float(pixels)
+            x = normalise_images(pixels)
             if augment and net.training:
                 x = _augment(x)
             logits = net(x.contiguous(memory_format=torch.channels_last))
@@ -330,14 +330,14 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
         rows = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                rows.append(self.model_(_to_float(images[start:start + batch_size])))
+                rows.append(self.model_(normalise_images(images[start:start + batch_size])))
         if not rows:
             return np.zeros((0, len(self.classes_)))
         return torch.cat(rows).numpy().astype(np.float64)
 
     def decision_function(self, X) -> np.ndarray:
         """The student's logits (temperature 1)."""
-        images, ok, skipped = self._images(X)
+        images, ok, skipped = self.read_images(X)
         if skipped:
             raise DataError(f"{len(skipped)} image(s) could not be read: "
                             + "; ".join(reason for _, reason in skipped[:5]))
@@ -352,7 +352,7 @@ class DistilledStudent(ClassifierMixin, BaseEstimator):
     def predict_paths(self, X):
         """(probabilities of the readable images, ok mask, skipped ``(path, reason)``)."""
         self._check_fitted()
-        images, ok, skipped = self._images(list(X))
+        images, ok, skipped = self.read_images(list(X))
         return soften(self._logits(images), 1.0), ok, skipped
 
     # -- saving: a transferkit bundle (config.json + student.safetensors) ----------------
