@@ -295,6 +295,29 @@ def check_width(folder: Path, n_features: int, width: int, source: str) -> None:
                           f"edited. {REDO_HINT}")
 
 
+def check_same_features(folder: Path, config: dict, extractor, consumer: str) -> None:
+    """The features ``extractor`` (built from the bundle's params) computes here are the
+    ones the bundle was trained on: the same backbone weights and the same layers.
+    ``consumer`` names what would see different features ("its classifier")."""
+    saved = config["backbone"] if isinstance(config["backbone"], list) else [config["backbone"]]
+    # An unknown params.layer fails here, as at fit.
+    here = check_own_params(folder, extractor.identity)["backbone"]
+    here = here if isinstance(here, list) else [here]
+    if len(saved) != len(here):
+        raise BundleError(f"{folder}/config.json lists {len(saved)} backbone(s) but its "
+                          f"params name {len(here)}; the file was edited. {REDO_HINT}")
+    for old, new in zip(saved, here):
+        if old.get("weights_digest") != new.get("weights_digest"):
+            raise BundleError(
+                f"{folder} was trained on backbone weights {old.get('weights_digest')} but "
+                f"{old.get('name')} here has weights {new.get('weights_digest')}; {consumer} "
+                "would see different features. Install the same weights or train it again.")
+    if config["layers"] != extractor.layers:
+        raise BundleError(f"{folder}/config.json lists the layers {config['layers']} but its "
+                          f"params.layer gives {extractor.layers}; the file was edited. "
+                          f"{REDO_HINT}")
+
+
 def check_param_values(folder: Path, params: dict, choices: dict | None = None,
                        positive: tuple[str, ...] = ()) -> None:
     """The values of ``params`` the schema cannot judge: each of ``choices``' names one of

@@ -26,8 +26,8 @@ from transferkit.bundle import (
     check_backbone_names,
     check_classes,
     check_config,
-    check_own_params,
     check_param_values,
+    check_same_features,
     check_width,
     first_line,
     saved_params,
@@ -202,24 +202,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         estimator.classifier_ = classifier
         estimator.classes_ = np.asarray(config["classes"])
         estimator.n_features_in_ = config["n_features"]
-        saved = config["backbone"] if isinstance(config["backbone"], list) else [config["backbone"]]
         extractor = estimator._extractor()
-        # An unknown params.layer fails here, as at fit.
-        here = check_own_params(folder, extractor.identity)["backbone"]
-        here = here if isinstance(here, list) else [here]
-        if len(saved) != len(here):
-            raise BundleError(f"{folder}/config.json lists {len(saved)} backbone(s) but its "
-                              f"params name {len(here)}; the file was edited. {REDO_HINT}")
-        for old, new in zip(saved, here):
-            if old["weights_digest"] != new["weights_digest"]:
-                raise BundleError(
-                    f"{folder} was trained on backbone weights {old['weights_digest']} but "
-                    f"{old['name']} here has weights {new['weights_digest']}; its classifier "
-                    "would see different features. Install the same weights or re-run fit.")
-        if config["layers"] != extractor.layers:
-            raise BundleError(f"{folder}/config.json lists the layers {config['layers']} but its "
-                              f"params.layer gives {extractor.layers}; the file was edited. "
-                              f"{REDO_HINT}")
+        check_same_features(folder, config, extractor, "its classifier")
         check_width(folder, config["n_features"], int(extractor.dim), "the backbone's layers")
         return estimator
 

@@ -35,8 +35,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from transferkit.backbones import DEFAULT_BACKBONE
-from transferkit.errors import BundleError, DataError
 from transferkit.data.dataset import as_paths
+from transferkit.errors import DataError
 from transferkit.features.extract import FrozenExtractor
 
 LOSSES = ("contrastive", "triplet")
@@ -457,11 +457,11 @@ class SiameseSimilarity(BaseEstimator):
         from transferkit.backbones.taps import POOLINGS
         from transferkit.bundle import (
             BACKBONE_IDENTITY,
-            REDO_HINT,
             check_backbone_names,
             check_config,
             check_own_params,
             check_param_values,
+            check_same_features,
             check_weight_shapes,
             read_tensors,
         )
@@ -507,16 +507,5 @@ class SiameseSimilarity(BaseEstimator):
         estimator.best_epoch_ = training.get("best_epoch")
         estimator.epochs_run_ = training.get("epochs_run")
         estimator.history_ = training.get("history", [])
-        extractor = estimator._extractor()
-        # An unknown params.layer fails here, as at fit.
-        saved, here = config["backbone"], check_own_params(folder, extractor.identity)["backbone"]
-        if saved.get("weights_digest") != here.get("weights_digest"):
-            raise BundleError(
-                f"{folder} was trained on backbone weights {saved.get('weights_digest')} but "
-                f"{saved.get('name')} here has weights {here.get('weights_digest')}; its head "
-                "would see different features. Install the same weights or train it again.")
-        if config["layers"] != extractor.layers:
-            raise BundleError(f"{folder}/config.json lists the layers {config['layers']} but its "
-                              f"params.layer gives {extractor.layers}; the file was edited. "
-                              f"{REDO_HINT}")
+        check_same_features(folder, config, estimator._extractor(), "its head")
         return estimator
