@@ -78,6 +78,11 @@ def main(argv=None) -> int:
     except TransferkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a folder without write permission: say which
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; nothing half-written was kept.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept.", file=sys.stderr)
         return 130

@@ -149,3 +149,17 @@ def test_backbones_prints_its_render_and_json(capsys):
     listing = run_json(capsys, "backbones")
     assert main(["backbones"]) == 0
     assert capsys.readouterr().out == backbones.render(listing) + "\n"
+
+
+def test_an_os_error_is_one_line_not_a_traceback(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from transferkit.jobs import report
+
+    def full_disk(**options):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.html"))
+
+    monkeypatch.setattr(report, "run", full_disk)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device (") and err.count("\n") == 1
