@@ -361,8 +361,6 @@ def check_backbone_names(folder: Path, names, where: str = "params") -> None:
     timm architecture when it holds ``/`` or ``:``: timm reads such a name as a place
     ("hf-hub:owner/repo", "local-dir:/path") and would fetch or read its files while the
     model loads. ``names``: (field, name) pairs; a field may join names with ``+``."""
-    import timm
-
     from transferkit.backbones import list_backbones
 
     bundled = {backbone["name"] for backbone in list_backbones()}
@@ -375,11 +373,17 @@ def check_backbone_names(folder: Path, names, where: str = "params") -> None:
             # "timm/NAME" is how the timm hub names NAME's weights (see create_backbone).
             plain = name.removeprefix("timm/")
             if ("/" in name or ":" in name) and name not in bundled and not (
-                    "/" not in plain and ":" not in plain and timm.is_model(plain)):
+                    "/" not in plain and ":" not in plain and _is_timm_model(plain)):
                 raise BundleError(f"{Path(folder) / 'config.json'}: {where}.{field} names "
                                   f"{name!r}, which is neither a bundled backbone nor a timm "
                                   "architecture; loading it would fetch files from elsewhere. "
                                   f"The file was edited. {REDO_HINT}")
+
+
+def _is_timm_model(name: str) -> bool:
+    import timm  # only for names that look like places: a plain name costs no timm import
+
+    return timm.is_model(name)
 
 
 def saved_params(estimator, not_saved: tuple[str, ...] = ()) -> dict:

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from html.parser import HTMLParser
+from xml.etree import ElementTree
 
 import pytest
 from PIL import Image
@@ -15,6 +16,8 @@ from transferkit.cli import main
 from transferkit.errors import TransferkitError
 from transferkit.report.browser import find_chromium, probe_in_browser
 from transferkit.report.html import REPORT_DATA, render_report, write_report
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 class _Images(HTMLParser):
@@ -47,9 +50,20 @@ def assert_images_decode(sources):
     for src in sources:
         assert src.startswith("data:image/"), f"not embedded: {src[:60]}"
         payload = base64.b64decode(src.split(",", 1)[1], validate=True)
+        if src.startswith("data:image/svg+xml;"):
+            svg = ElementTree.fromstring(payload)  # well-formed XML, or this raises
+            assert svg.tag == f"{SVG}svg" and int(svg.get("width")) > 10
+            assert not list(svg.iter(f"{SVG}script")) and b"href" not in payload
+            continue
         with Image.open(io.BytesIO(payload)) as image:
             image.load()
             assert image.width > 10 and image.height > 10
+
+
+def feature_map_svg(sources) -> ElementTree.Element:
+    (svg,) = [base64.b64decode(src.split(",", 1)[1]) for src in sources
+              if src.startswith("data:image/svg+xml;")]
+    return ElementTree.fromstring(svg)
 
 
 @pytest.fixture
@@ -85,6 +99,12 @@ def test_fit_writes_a_self_contained_report(fitted):
     data = json.loads((out / REPORT_DATA).read_text())
     assert len(data["val_predictions"]) == summary["n_val"]
     assert len(data["feature_map"]["points"]) == summary["n_train"] + summary["n_val"]
+    # One marker per image: circles for training images, triangles for validation ones
+    # (the legend adds one of each per class).
+    svg = feature_map_svg(parsed.sources)
+    n_classes = len(summary["classes"])
+    assert len(list(svg.iter(f"{SVG}circle"))) == summary["n_train"] + n_classes
+    assert len(list(svg.iter(f"{SVG}path"))) == summary["n_val"] + n_classes
 
 
 def test_gallery_shows_the_surest_mistakes_first(fitted):

@@ -168,10 +168,10 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
 
     # -- bundle -----------------------------------------------------------------------
     def _save_artifacts(self, folder: Path) -> dict:
-        import skops.io
+        from transferkit.skops_io import skops_io
 
         check_is_fitted(self, "classifier_")
-        skops.io.dump(self.classifier_, Path(folder) / SKOPS_FILE)
+        skops_io().dump(self.classifier_, Path(folder) / SKOPS_FILE)
         extractor = self._extractor()
         return {
             "backbone": extractor.identity()["backbone"],
@@ -223,8 +223,11 @@ def load_classifier(path: Path):
     :data:`TRUSTED_SKOPS_TYPES` before anything in the file is built or called."""
     import zipfile
 
-    import skops.io
     from sklearn.pipeline import Pipeline
+
+    from transferkit.skops_io import skops_io
+
+    skops = skops_io()
 
     if not path.is_file():
         raise BundleError(f"{path.parent}: {SKOPS_FILE} is missing. {REDO_HINT}")
@@ -236,7 +239,7 @@ def load_classifier(path: Path):
             raise BundleError(f"{path} would unpack to {unpacked / 2**20:.0f} MiB from "
                               f"{path.stat().st_size / 2**20:.1f} MiB, which no classifier "
                               f"transferkit writes does; refusing it. {REDO_HINT}")
-        untrusted = skops.io.get_untrusted_types(file=path)
+        untrusted = skops.get_untrusted_types(file=path)
     except BundleError:
         raise
     except Exception as exc:  # not a zip, no schema.json, a malformed node...
@@ -249,7 +252,7 @@ def load_classifier(path: Path):
                           "load it, as it could run code. Use a model folder from a source you "
                           "trust, or re-run `transferkit fit`.")
     try:
-        classifier = skops.io.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
+        classifier = skops.load(path, trusted=list(TRUSTED_SKOPS_TYPES))
     except Exception as exc:
         raise BundleError(f"{path}: cannot rebuild the classifier ({type(exc).__name__}: "
                           f"{first_line(exc)}). {REDO_HINT}") from exc

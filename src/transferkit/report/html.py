@@ -197,33 +197,23 @@ def _learning_curves(history: list[dict], heading: str = "Learning curves", note
 
 
 def _map_section(data: dict) -> str:
-    import matplotlib
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from transferkit.report.scatter_svg import scatter_svg, svg_data_uri
 
-    points = np.asarray(data["points"])
-    labels, split = np.asarray(data["labels"]), np.asarray(data["split"])
-    figure = Figure(figsize=(6.5, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    n_classes = len(set(labels))
-    cmap = matplotlib.colormaps["tab10" if n_classes <= 10 else "tab20"]
-    for i, label in enumerate(sorted(set(labels))):
-        for part, marker in (("train", "o"), ("val", "^")):
-            mask = (labels == label) & (split == part)
-            if mask.any():
-                ax.scatter(points[mask, 0], points[mask, 1], s=14, marker=marker,
-                           color=cmap(i % cmap.N), alpha=0.75,
-                           label=f"{label} ({part})" if len(set(labels)) <= 10 else None)
+    def share(value) -> str:  # plain text: the SVG writer escapes it
+        return f"{100 * value:.0f}%" if _is_number(value) else str(value)
+
     variance = data.get("explained_variance", [0, 0])
-    ax.set_xlabel(f"PC 1 ({_pct(variance[0], decimals=0)} of variance)")
-    ax.set_ylabel(f"PC 2 ({_pct(variance[1], decimals=0)} of variance)")
-    if len(set(labels)) <= 10:
-        ax.legend(fontsize=7, loc="best")
-    ax.set_title("features of training (o) and validation (^) images")
+    try:
+        svg = scatter_svg(data["points"], data["labels"], data["split"],
+                          x_label=f"PC 1 ({share(variance[0])} of variance)",
+                          y_label=f"PC 2 ({share(variance[1])} of variance)",
+                          title="features of training (o) and validation (^) images")
+    except (TypeError, ValueError, IndexError, KeyError):
+        return ('<h2>Feature map</h2><p class="warn">The feature map in report_data.json is '
+                "not a list of 2-D points with labels; nothing to draw.</p>")
     return (f"<h2>Feature map</h2><p class=\"muted\">{_esc(data['method'])} of the standardised "
             f"features the classifier sees; colour = class.</p>"
-            f'<img class="figure" alt="feature map" src="{_png_data_uri(figure)}">')
+            f'<img class="figure" alt="feature map" src="{svg_data_uri(svg)}">')
 
 
 def _under(path: str, folder: Path | None) -> bool:
