@@ -12,4 +12,13 @@ from transferkit.errors import (  # noqa: E402
 )
 
 __all__ = ["__version__", "TransferkitError", "DataError", "ImageDecodeError",
-           "BackboneError", "BundleError", "CacheError"]
+           "BackboneError", "BundleError", "CacheError", "load_predictor"]
+
+
+def __getattr__(name: str):
+    # PEP 562: `transferkit.load_predictor` imports ONNX Runtime only when asked for.
+    if name == "load_predictor":
+        from transferkit.runtime import load_predictor
+
+        return load_predictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

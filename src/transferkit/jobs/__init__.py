@@ -14,9 +14,9 @@ import importlib
 from types import ModuleType
 
 # Module names, in the order the commands are listed by `transferkit --help`.
-JOBS = ("fit", "predict", "evaluate", "backbones", "layers", "anomaly", "report", "demo",
-        "cdfg", "adapt", "autoencoder", "multitask", "distill", "zeroshot", "fewshot",
-        "fewshot_train")
+JOBS = ("fit", "predict", "export", "serve", "evaluate", "backbones", "layers", "anomaly",
+        "report", "demo", "cdfg", "adapt", "autoencoder", "multitask", "distill", "zeroshot",
+        "fewshot", "fewshot_train")
 
 
 def load_job(name: str) -> ModuleType:

@@ -13,7 +13,8 @@ HELP = "label images with a saved model"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("bundle", metavar="model", help="model folder written by `transferkit fit`")
+    parser.add_argument("bundle", metavar="model", help="model folder written by `transferkit "
+                        "fit`, or an .onnx file from `transferkit export` (no PyTorch needed)")
     parser.add_argument("inputs", metavar="images", nargs="+", help="image files or folders")
     _options.add_cache(parser)
 
@@ -25,10 +26,16 @@ def run(bundle: str | os.PathLike, inputs, cache_dir=None, use_cache: bool = Tru
     from transferkit.data import collect_images
 
     start = time.perf_counter()
-    estimator = load_model(bundle, cache_dir, use_cache, progress)
+    if os.path.isfile(bundle):  # an exported model: ONNX Runtime, no torch or scikit-learn
+        from transferkit.runtime import load_predictor
+
+        estimator = load_predictor(bundle)
+        method, classes = estimator.method, [str(c) for c in estimator.classes]
+    else:
+        estimator = load_model(bundle, cache_dir, use_cache, progress)
+        method, classes = read_config(bundle)["method"], [str(c) for c in estimator.classes_]
     paths = collect_images(inputs)
     proba, ok, skipped = estimator.predict_paths(paths)
-    classes = [str(c) for c in estimator.classes_]
     predictions = []
     rows = iter(proba)
     for path, readable in zip(paths, ok):
@@ -36,7 +43,7 @@ def run(bundle: str | os.PathLike, inputs, cache_dir=None, use_cache: bool = Tru
             p = next(rows)
             predictions.append({"path": str(path), "label": classes[int(p.argmax())],
                                 "probabilities": {c: float(v) for c, v in zip(classes, p)}})
-    return {"bundle": str(bundle), "method": read_config(bundle)["method"],
+    return {"bundle": str(bundle), "method": method,
             "predictions": predictions, **skipped_fields(skipped),
             "seconds": time.perf_counter() - start}
 
