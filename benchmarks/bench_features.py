@@ -10,7 +10,9 @@ What it measures, on the real image sets in ``../shared/datasets``:
    * the Full-Network Embedding + logistic regression (same classifier as the other rows),
    on hymenoptera (train → val as given), oxford17flowers (seeded 40/40 per class) and
    sign_language_digits (seeded 20 per class for training, the rest for testing).
-   Logistic regression picks C by CV on the training split (``make_probe_pipeline``).
+   Every classifier is ``make_probe_pipeline``'s default (fixed C on standardised or
+   FNE features, see ``features/classifiers.py``; ``bench_classifiers`` compares them
+   with the cross-validated search they replaced).
 2. Wall time of ``transferkit layers`` on all 1360 oxford17flowers images, cold (empty
    feature cache, ONNX export included) and warm, plus its per-layer table and plot.
 3. The machine it ran on.
@@ -282,6 +284,13 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def _describe(classifier: str, embedding) -> str:
+    from transferkit.features.classifiers import describe_classifier, make_probe_pipeline
+
+    return describe_classifier(make_probe_pipeline(classifier, np.repeat([0, 1], 5),
+                                                   embedding=embedding))
+
+
 def goal_verdict(table: dict) -> tuple[list[str], bool]:
     """Per set: gain of fusion / FNE rows over the last layer, in accuracy points."""
     last = "last layer (pre-logits)"
@@ -330,9 +339,10 @@ def render(table: dict, sweep: dict | None, seeds, machine: str, total_seconds: 
                 "classifiers' randomness (the shuffled CV folds that pick C, SVM calibration folds); "
                 "its ± is that variation, not split variation.",
                 "* Logistic regression (rows 1, 2, 3, 5): `make_probe_pipeline(\"logreg\")` = "
-                "StandardScaler + `LogisticRegressionCV` (C from 13 values, 5-fold CV on the "
-                "training split, log-loss). Linear SVM (row 4): `make_probe_pipeline(\"svm\", "
-                "embedding=\"fne\")` = FNE + linear `SVC`, C by 5-fold CV (balanced accuracy).",
+                f"{_describe('logreg', None)}. Linear SVM (row 4): "
+                "`make_probe_pipeline(\"svm\", embedding=\"fne\")` = "
+                f"{_describe('svm', 'fne')}. Until issue 16/21 both chose C by 5-fold CV "
+                "(`LogisticRegressionCV`; a one-vs-one `SVC` in a calibration in a grid search).",
                 "* Best single layer: each of the "
                 f"{len(any_item['dims'])} taps ({', '.join(any_item['dims'])}) scored by 5-fold CV "
                 "balanced accuracy of the same logistic regression on the training split only; the "

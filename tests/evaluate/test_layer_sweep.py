@@ -3,13 +3,15 @@
 import json
 
 import numpy as np
+import pytest
 
 from builders import write_class_folder
 from transferkit.cli import main
 from transferkit.evaluate.layer_sweep import sweep_features
 
 
-def test_sweep_ranks_the_layer_with_planted_signal_first():
+@pytest.mark.parametrize("classifier", ["ridge", "logreg", "svm"])
+def test_sweep_ranks_the_layer_with_planted_signal_first(classifier):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 20)
     noise_a = rng.normal(size=(60, 8))
@@ -18,7 +20,8 @@ def test_sweep_ranks_the_layer_with_planted_signal_first():
     noise_b = rng.normal(size=(60, 8))
     features = np.hstack([noise_a, signal, noise_b])
     columns = {"low": slice(0, 8), "middle": slice(8, 16), "high": slice(16, 24)}
-    rows = sweep_features(features, labels, columns, stages=["low", "middle", "high"], folds=4)
+    rows = sweep_features(features, labels, columns, stages=["low", "middle", "high"], folds=4,
+                          classifier=classifier)
     singles = sorted((r for r in rows if r.depth >= 0), key=lambda r: -r.balanced_accuracy_mean)
     assert singles[0].layer == "middle" and singles[0].balanced_accuracy_mean > 0.9
     assert max(r.balanced_accuracy_mean for r in singles[1:]) < 0.6  # chance is 1/3

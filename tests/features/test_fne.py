@@ -6,6 +6,7 @@ import pytest
 from builders import write_class_folder
 from transferkit import run
 from transferkit.features.fne import FullNetworkEmbedding, discretise
+from transferkit.jobs.fit import render
 
 
 def test_discretisation_matches_the_hand_worked_example():
@@ -35,10 +36,15 @@ def test_standardisation_uses_training_statistics_only():
     assert np.isfinite(out).all() and (out[:, -1] == 0).all()
 
 
-def test_fne_method_learns_and_round_trips(tmp_path, tiny_checkpoint):
+def test_fne_method_learns_and_round_trips(tmp_path, tiny_checkpoint, capsys):
     data = write_class_folder(tmp_path / "data", per_class=10, classes=("red", "blue", "green"))
     path, arch = tiny_checkpoint
-    summary = run.fit(data, tmp_path / "model", method="fne", weights=str(path), arch=arch)
+    summary = run.fit(data, tmp_path / "model", method="fne", weights=str(path), arch=arch,
+                      progress=True)
     assert summary["val_accuracy"] >= 0.8  # chance 1/3
+    assert summary["classifier"].startswith("svm (LinearSVC one-vs-rest, C=")
+    assert summary["classifier"].endswith("full-network embedding (-0.25 / 0.15)")
+    assert f"classifier: {summary['classifier']}" in render(summary)
+    assert "fitting classifier svm" in capsys.readouterr().err
     again = run.evaluate(tmp_path / "model", data)
     assert again["n"] == 30

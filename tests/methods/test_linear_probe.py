@@ -9,6 +9,7 @@ from builders import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.data.dataset import list_image_files
 from transferkit.errors import BundleError, DataError
+from transferkit.features.classifiers import CLASSIFIERS
 from transferkit.methods import LinearProbe
 
 
@@ -24,7 +25,7 @@ def probe_kwargs(tiny_checkpoint):
     return {"weights": str(path), "arch": arch}
 
 
-@pytest.mark.parametrize("classifier", ["logreg", "svm", "knn", "mlp"])
+@pytest.mark.parametrize("classifier", CLASSIFIERS)
 def test_every_classifier_beats_chance_on_held_out_images(tmp_path, probe_kwargs, classifier):
     train, y_train = _data(tmp_path / "train", seed=1)
     val, y_val = _data(tmp_path / "val", seed=2)
@@ -33,6 +34,7 @@ def test_every_classifier_beats_chance_on_held_out_images(tmp_path, probe_kwargs
     assert probe.score(val, y_val) >= 0.8  # chance is 1/3
     proba = probe.predict_proba(val)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert probe.describe_classifier().startswith(classifier + " (")
 
 
 def test_unreadable_training_images_are_skipped_with_a_warning(tmp_path, probe_kwargs):

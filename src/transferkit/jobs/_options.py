@@ -16,7 +16,7 @@ from transferkit.backbones.registry import DEFAULT_BACKBONE
 DEVICES = ("auto", "cpu", "cuda")
 POOLINGS = ("avg", "max", "avgmax", "gem")
 # features.classifiers.CLASSIFIERS, spelt out because that module imports scikit-learn.
-PROBE_CLASSIFIERS = ("logreg", "svm", "knn", "mlp")
+PROBE_CLASSIFIERS = ("logreg", "logreg-cv", "svm", "knn", "mlp")
 
 
 def add_output_format(parser: argparse.ArgumentParser) -> None:

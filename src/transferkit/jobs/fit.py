@@ -230,6 +230,8 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
         "extract_seconds": float(getattr(estimator, "extract_seconds_", 0.0)),
         "seconds": seconds,
     }
+    if hasattr(estimator, "describe_classifier"):
+        summary["classifier"] = estimator.describe_classifier()
     for key in ("epochs_run_", "best_epoch_"):
         if hasattr(estimator, key):
             summary[key.rstrip("_")] = int(getattr(estimator, key))
@@ -296,6 +298,7 @@ def render(summary: dict) -> str:
     lines += [f"validation: {summary['validation']}",
               f"train {summary['n_train']} images, validation {summary['n_val']} images, "
               f"classes {', '.join(summary['classes'])}",
+              *([f"classifier: {summary['classifier']}"] if "classifier" in summary else []),
               f"val accuracy {summary['val_accuracy']:.3f}, balanced accuracy "
               f"{summary['val_balanced_accuracy']:.3f}"]
     if "test_accuracy" in summary:

@@ -4,7 +4,8 @@ Razavian et al. 2014, "CNN Features off-the-shelf: an Astounding Baseline for
 Recognition"; Donahue et al. 2014 (DeCAF). The backbone is frozen; features of one or
 more layers (the pooled pre-logits vector by default; ``layer="fne"`` with
 ``embedding="fne"`` gives the Full-Network Embedding) feed a scikit-learn classifier
-whose regularisation is chosen by stratified cross-validation on the training set.
+(:mod:`transferkit.features.classifiers`: fixed regularisation on standardised features by
+default, ``classifier="logreg-cv"`` to choose it by cross-validation on the training set).
 Several backbones can be fused: ``backbone="efficientnet_lite0+efficientnet_lite2"``
 concatenates their features.
 """
@@ -37,6 +38,8 @@ from transferkit.features.classifiers import (
     CLASSIFIERS,
     EMBEDDINGS,
     NORMALISATIONS,
+    announce_fit,
+    describe_classifier,
     make_probe_pipeline,
 )
 from transferkit.data.dataset import as_paths
@@ -52,10 +55,9 @@ SKOPS_FILE = "classifier.skops"
 TRUSTED_SKOPS_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
-    "sklearn.metrics._classification.balanced_accuracy_score",
-    "sklearn.metrics._scorer._Scorer",
     "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "transferkit.features.classifiers.LbfgsLinearSVC",
     "transferkit.features.fne.FullNetworkEmbedding",
 )
 # config.json as _save_artifacts writes it; params leave out the machine-local options.
@@ -75,7 +77,9 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
-    """Frozen backbone features + a shallow classifier (``logreg``, ``svm``, ``knn``, ``mlp``).
+    """Frozen backbone features + a shallow classifier (``logreg``, ``logreg-cv``, ``svm``,
+    ``knn``, ``mlp``; :func:`~transferkit.features.classifiers.describe_classifier` of
+    ``classifier_`` says which settings it has).
 
     ``X`` is a sequence of image paths. Unreadable training images are skipped with a
     warning (``skipped_`` lists them); ``predict`` raises :class:`DataError` on them.
@@ -108,8 +112,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
 
     # -- fitting ----------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None):
-        """Extract features of ``X`` and fit the classifier (``X_val`` is unused: the
-        classifier's hyper-parameters come from cross-validation on ``X``)."""
+        """Extract features of ``X`` and fit the classifier (``X_val`` is unused: whatever
+        the classifier tunes, it tunes on ``X``)."""
         y = np.asarray(y)
         if len(y) != len(as_paths(X)):
             raise DataError(f"{len(as_paths(X))} images but {len(y)} labels.")
@@ -129,7 +133,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         self.classifier_ = make_probe_pipeline(self.classifier, encoded, self.cv, self.random_state,
                                                embedding=self.embedding, normalise=self.normalise,
                                                pca=self.pca)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), announce_fit(self.classifier_, len(encoded),
+                                                     len(self.classes_), self.progress):
             # Tiny folds make some C values fail to converge; the CV picks among the rest.
             warnings.simplefilter("ignore", category=UserWarning)
             from sklearn.exceptions import ConvergenceWarning
@@ -138,6 +143,11 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
             self.classifier_.fit(features, encoded)
         self.n_features_in_ = features.shape[1]
         return self
+
+    def describe_classifier(self) -> str:
+        """Which classifier was fitted, with the settings it has or chose (for fit's summary)."""
+        check_is_fitted(self, "classifier_")
+        return describe_classifier(self.classifier_)
 
     # -- prediction -------------------------------------------------------------------
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
