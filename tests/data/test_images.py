@@ -65,3 +65,30 @@ def test_truncated_corrupt_and_non_image_files_raise(tmp_path):
         with pytest.raises(ImageDecodeError) as info:
             load_image(tmp_path / name)
         assert name in str(info.value)
+
+
+def test_jpeg_draft_decodes_no_smaller_than_asked(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(tmp_path / "big.jpg")
+    Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(tmp_path / "small.jpg")
+    Image.fromarray(rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.jpg", draft_size=(256, 256)).size == (600, 450)  # 1/2
+    assert load_image(tmp_path / "big.jpg", draft_size=(100, 100)).size == (150, 113)  # 1/8
+    for name in ("small.jpg", "big.png"):  # too small to reduce; not a JPEG
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / name, draft_size=(256, 256))),
+                                      np.asarray(load_image(tmp_path / name)))
+
+
+def test_jpeg_draft_keeps_the_orientation_and_the_size_limit(tmp_path, monkeypatch):
+    image = Image.new("RGB", (1200, 600), (0, 0, 0))
+    image.paste((255, 0, 0), (0, 0, 300, 600))  # left quarter red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    image.save(tmp_path / "rotated.jpg", exif=exif.tobytes(), quality=95)
+    upright = load_image(tmp_path / "rotated.jpg", draft_size=(256, 256))
+    assert upright.size == (300, 600)
+    assert np.asarray(upright)[:60].mean(axis=(0, 1))[0] > 200  # the red band is on top
+    # The size check reads the declared size, before any reduced decode.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
+    with pytest.raises(ImageDecodeError, match="decompression bomb"):
+        load_image(tmp_path / "rotated.jpg", draft_size=(16, 16))

@@ -1,7 +1,8 @@
 """What a command imports when every feature it needs is cached: no network library.
 
 A warm ``fit`` (every image's features in the cache) trains a scikit-learn classifier
-and writes a bundle; it needs neither PyTorch nor timm, whose imports cost seconds. The
+and writes a bundle, and ``predict`` on cached images loads it and applies it; neither
+needs PyTorch or timm, whose imports cost seconds. The
 command runs in a fresh interpreter that reports the modules it ended with, so a stray
 top-level ``import torch`` anywhere on the path fails here (not a timed assert).
 """
@@ -54,3 +55,6 @@ def test_warm_fit_imports_no_network_library(tmp_path, tiny_checkpoint, isolated
                 isolated_cache)
     assert warm["heavy"] == []
     assert (tmp_path / "warm" / "classifier.skops").is_file()
+    # Predicting images whose features are cached loads the model without the network.
+    predicted = _run(["predict", str(tmp_path / "warm"), str(data), "--json"], isolated_cache)
+    assert predicted["heavy"] == []

@@ -148,8 +148,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+def load_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image.
+
+    ``draft_size`` (width, height): a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, as
+    long as the result is no smaller than that (``PIL.Image.draft``: far less work for a
+    large photo that is resized down anyway, but not the same pixels as a full decode
+    and resize). Other formats ignore it. The size checks apply to the full size.
 
     Raises :class:`ImageDecodeError` (never a bare PIL/OS error) when the file is
     missing, not a regular file, truncated, corrupt, not an image or a decompression bomb.
@@ -170,9 +175,14 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                     raise _bomb(path, opened.size)
                 # For animated GIF/TIFF the first frame is the image.
                 opened.seek(0)
+                if draft_size is not None and opened.format == "JPEG":
+                    opened.draft("RGB", tuple(draft_size))
                 opened.load()
                 upright = ImageOps.exif_transpose(opened)
-                return to_rgb(upright).copy()
+                rgb = to_rgb(upright)
+                # exif_transpose and to_rgb return new images, except for an image that
+                # needs neither; only that one still belongs to the file closed below.
+                return rgb.copy() if rgb is opened else rgb
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -1,8 +1,17 @@
-"""Frozen-backbone feature extraction: decode in workers, run the fast path, cache.
+"""Frozen-backbone feature extraction: decode and run the fast path in parallel, cache.
 
 ``FrozenExtractor`` is the engine (used by the CLI and every feature-based method);
 ``FeatureExtractor`` wraps it as a scikit-learn transformer (image paths → features) so
 it composes with ``Pipeline`` and ``GridSearchCV``.
+
+On the ONNX path, each core runs a *lane*: a thread that decodes a small batch and runs
+it through a one-thread ONNX Runtime session shared by all lanes (decoding, resizing and
+ONNX Runtime release the GIL). Measured on 2 cores (benchmarks/RESULTS.md,
+foundation-extraction), this beats decode workers feeding one multi-thread session:
+that design idles cores while the network waits for decoded batches or the decoder for
+the network, and its intra-op threads spin-wait, which on a busy machine burns the
+cores other processes need. The eager path keeps decode worker processes (PyTorch
+modules are not meant to run concurrently in threads).
 """
 
 from __future__ import annotations
@@ -11,8 +20,10 @@ import functools
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +33,6 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from transferkit.backbones import DEFAULT_BACKBONE, weights_fingerprint
 from transferkit.data.dataset import as_paths
-from transferkit.data.images import load_image
 from transferkit.errors import DataError, ImageDecodeError, TransferkitError
 from transferkit.features.cache import (
     FeatureCache,
@@ -38,6 +48,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_LAYER = "pre_logits"
+# Execution paths of features.runtime, named here so that checking a saved model's
+# settings imports no torch.
+RUNTIMES = ("auto", "onnx", "eager")
+# Images per ONNX Runtime call on one lane. Single-thread ONNX Runtime runs Lite0 at about
+# the same speed per image from batch 4 to 32; small batches keep the lanes busy to the
+# end of a run (a lane left with one last batch idles the other cores meanwhile).
+LANE_BATCH = 8
 
 
 def _layer_list(layer) -> list[str]:
@@ -46,31 +63,33 @@ def _layer_list(layer) -> list[str]:
     return [str(part) for part in layer]
 
 
-class _DecodeDataset:
-    """Decodes and preprocesses one image per item; a bad file yields an error, not a crash."""
+def _preprocess_or_reason(preprocess, path: Path) -> tuple[np.ndarray | None, str]:
+    """The network's input for one image, or why there is none: a bad file is skipped,
+    not a crash."""
+    try:
+        return preprocess(path), ""
+    except ImageDecodeError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a transform failing on an odd image is still "skip it"
+        return None, f"{path}: {exc}"
 
-    def __init__(self, paths: list[Path], transform, input_shape):
+
+class _DecodeDataset:
+    """Decodes and preprocesses one image per item (for decode worker processes)."""
+
+    def __init__(self, paths: list[Path], preprocess, input_shape):
         self.paths = paths
-        self.transform = transform
+        self.preprocess = preprocess
         self.input_shape = input_shape
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        try:
-            tensor = self.transform(load_image(self.paths[index]))
-            return tensor, index, ""
-        except ImageDecodeError as exc:
-            return _zeros(self.input_shape), index, str(exc)
-        except Exception as exc:  # a transform failing on an odd image is still "skip it"
-            return _zeros(self.input_shape), index, f"{self.paths[index]}: {exc}"
-
-
-def _zeros(shape):
-    import torch
-
-    return torch.zeros(shape)
+        array, reason = _preprocess_or_reason(self.preprocess, self.paths[index])
+        if array is None:
+            array = np.zeros(self.input_shape, dtype=np.float32)
+        return array, index, reason
 
 
 @dataclass
@@ -106,6 +125,10 @@ class FrozenExtractor:
     ``"all"`` (see :mod:`transferkit.backbones.taps`); all layers come from one forward
     pass and are cached separately, so another combination of them costs no forward
     pass. ``pooling`` (avg, max, avgmax, gem) turns feature maps into vectors.
+    ``num_workers``: parallel lanes of the ONNX path (threads that each decode and infer
+    on one core) or decode worker processes of the eager path; None: one per core.
+    ``jpeg_draft``: decode large JPEGs at reduced scale (see
+    :mod:`transferkit.features.preprocess`); other features, so another cache namespace.
 
     Give a built ``backbone``, or use :meth:`from_name`: then the network is built only
     when an image is missing from the cache. What identifies the features (weights
@@ -118,7 +141,7 @@ class FrozenExtractor:
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  runtime: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                  source: tuple[str | None, str | None, str | None] | None = None,
-                 pooling: str = "avg"):
+                 pooling: str = "avg", jpeg_draft: bool = False):
         from transferkit.backbones.taps import POOLINGS
 
         if pooling not in POOLINGS:
@@ -134,11 +157,13 @@ class FrozenExtractor:
         self.batch_size = int(batch_size)
         self.num_workers = num_workers
         self.runtime_name = runtime
+        self.jpeg_draft = bool(jpeg_draft)
         self.cache_root = resolve_cache_dir(cache_dir)
         self.use_cache = use_cache
         self._caches: dict[str, FeatureCache] | None = None
         self._runtime = None
         self._transform = None
+        self._preprocess = None
         self._identity: dict | None = None
         self._dims: dict[str, int] | None = None
         self.n_forward_images = 0  # images that went through the network (tests count it)
@@ -160,6 +185,15 @@ class FrozenExtractor:
         if self._transform is None:
             self._transform = self.backbone.eval_transform()
         return self._transform
+
+    @property
+    def preprocess(self):
+        """Image path → the network's input array (C, H, W): the eval transform's pixels."""
+        if self._preprocess is None:
+            from transferkit.features.preprocess import EvalPreprocess
+
+            self._preprocess = EvalPreprocess(self.transform, jpeg_draft=self.jpeg_draft)
+        return self._preprocess
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -188,8 +222,11 @@ class FrozenExtractor:
         if fingerprint is None:
             return None
         versions = {pkg: importlib.metadata.version(pkg) for pkg in ("timm", "transferkit")}
-        key = namespace_key({"weights": fingerprint, "layer": _layer_list(self.layer),
-                             "pooling": self.pooling, "versions": versions})
+        described = {"weights": fingerprint, "layer": _layer_list(self.layer),
+                     "pooling": self.pooling, "versions": versions}
+        if self.jpeg_draft:
+            described["decode"] = "jpeg-draft"
+        key = namespace_key(described)
         return self.cache_root / "identities" / f"{key}.json"
 
     def _layer_dims(self, names: list[str]) -> dict[str, int]:
@@ -221,6 +258,8 @@ class FrozenExtractor:
         stages = [name for name in stage_layers(self.backbone.model) if name in names]
         self._identity = {"backbone": self.backbone.identity(), "layers": names, "stages": stages,
                           "pooling": self.pooling, "preprocessing": repr(self.transform)}
+        if self.jpeg_draft:  # other pixels, other features; absent otherwise, so caches stay valid
+            self._identity["decode"] = "jpeg-draft"
         if memo is not None:
             try:
                 memo.parent.mkdir(parents=True, exist_ok=True)
@@ -235,6 +274,8 @@ class FrozenExtractor:
         identity = self.identity()
         own = {"backbone": identity["backbone"], "layer": name,
                "preprocessing": identity["preprocessing"]}
+        if "decode" in identity:
+            own["decode"] = identity["decode"]
         if name != "pre_logits":  # pre_logits is pooled by the network itself
             own["pooling"] = identity["pooling"]
         return own
@@ -256,20 +297,81 @@ class FrozenExtractor:
     def runtime(self):
         if self._runtime is None:
             from transferkit.backbones.taps import make_tap_module
-            from transferkit.features.runtime import make_runtime
+            from transferkit.features.runtime import EXPORT_FORMAT, make_runtime
 
-            onnx_path = self.cache_root / "onnx" / f"{namespace_key(self.identity())}.onnx"
+            network = {k: v for k, v in self.identity().items() if k != "decode"}
+            key = namespace_key({**network, "export_format": EXPORT_FORMAT})
+            onnx_path = self.cache_root / "onnx" / f"{key}.onnx"
             module = make_tap_module(self.backbone.model, self.layers, self.pooling)
-            self._runtime = make_runtime(module, self.input_shape, self.runtime_name, onnx_path)
+            lanes = self._lanes()
+            self._runtime = make_runtime(module, self.input_shape, self.runtime_name, onnx_path,
+                                         threads=1 if lanes > 1 else None)
         return self._runtime
 
+    def _lanes(self) -> int:
+        """Parallel decode-and-infer lanes of the ONNX path: ``num_workers``, else one per
+        core; with one lane, ONNX Runtime uses every core itself."""
+        from transferkit.features.runtime import cpu_threads
+
+        if self.num_workers is not None:
+            return max(1, int(self.num_workers))
+        return cpu_threads()
+
     def _workers(self, n_images: int) -> int:
+        """Decode worker processes of the eager path."""
         from transferkit.features.runtime import cpu_threads
 
         if self.num_workers is not None:
             return int(self.num_workers)
         # Worker start-up costs ~0.1 s each; only worth it for more than a few batches.
         return 0 if n_images <= 2 * self.batch_size else min(2, cpu_threads())
+
+    def _batches_in_lanes(self, runtime, paths: list[Path]):
+        """Yield ``(positions, outputs, reasons)`` per batch of ``paths``, in completion
+        order: each lane decodes its batch and runs it on its own core."""
+        lanes = self._lanes() if runtime.threads == 1 else 1
+        size = max(1, min(self.batch_size, LANE_BATCH, math.ceil(len(paths) / lanes)))
+        preprocess = self.preprocess
+
+        def run_batch(first: int):
+            arrays, positions, reasons = [], [], {}
+            for position in range(first, min(first + size, len(paths))):
+                array, reason = _preprocess_or_reason(preprocess, paths[position])
+                if array is None:
+                    reasons[position] = reason
+                else:
+                    arrays.append(array)
+                    positions.append(position)
+            return positions, (runtime(np.stack(arrays)) if arrays else []), reasons
+
+        if lanes == 1:
+            for first in range(0, len(paths), size):
+                yield run_batch(first)
+            return
+        pool = ThreadPoolExecutor(lanes, thread_name_prefix="transferkit-lane")
+        try:
+            futures = [pool.submit(run_batch, first) for first in range(0, len(paths), size)]
+            for future in as_completed(futures):
+                yield future.result()
+        finally:  # an error or an interrupt: drop the batches not yet started
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _batches_from_workers(self, runtime, paths: list[Path]):
+        """Yield ``(positions, outputs, reasons)`` per batch: decode worker processes feed
+        the runtime in this thread."""
+        import torch
+        from torch.utils.data import DataLoader
+
+        dataset = _DecodeDataset(paths, self.preprocess, self.input_shape)
+        workers = self._workers(len(paths))
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                            num_workers=workers, persistent_workers=False,
+                            prefetch_factor=4 if workers else None)
+        for images, index, errors in loader:
+            good = [j for j, err in enumerate(errors) if not err]
+            reasons = {int(index[j]): err for j, err in enumerate(errors) if err}
+            outputs = runtime(images[torch.as_tensor(good, dtype=torch.long)]) if good else []
+            yield [int(index[j]) for j in good], outputs, reasons
 
     def _cached_row(self, key: str) -> list[np.ndarray] | None:
         """All layers' vectors of one image, or None if any is missing."""
@@ -306,33 +408,28 @@ class FrozenExtractor:
         todo = [i for i in range(len(paths)) if rows[i] is None and i not in reasons]
         runtime_name = "cache"
         if todo:
-            from torch.utils.data import DataLoader
+            from transferkit.features.runtime import OnnxRuntime
 
             runtime = self.runtime
             runtime_name = runtime.name
             caches = self.caches
-            dataset = _DecodeDataset([paths[i] for i in todo], self.transform, self.input_shape)
-            workers = self._workers(len(todo))
-            loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
-                                num_workers=workers, persistent_workers=False,
-                                prefetch_factor=4 if workers else None)
+            todo_paths = [paths[i] for i in todo]
+            batches = (self._batches_in_lanes(runtime, todo_paths)
+                       if isinstance(runtime, OnnxRuntime)
+                       else self._batches_from_workers(runtime, todo_paths))
             with tqdm(total=len(todo), desc=f"features ({runtime.name})", unit="img",
                       disable=not progress, leave=False) as bar:
-                for images, index, errors in loader:
-                    good = [j for j, err in enumerate(errors) if not err]
-                    for j, err in enumerate(errors):
-                        if err:
-                            reasons[todo[int(index[j])]] = err
-                    if good:
-                        outputs = runtime(images[good])
-                        self.n_forward_images += len(good)
-                        for position, j in enumerate(good):
-                            i = todo[int(index[j])]
-                            rows[i] = [np.asarray(out[position], dtype=np.float32) for out in outputs]
-                            if caches is not None:
-                                for name, vector in zip(self.layers, rows[i]):
-                                    caches[name].put(keys[i], vector)
-                    bar.update(len(errors))
+                for positions, outputs, failures in batches:
+                    for position, reason in failures.items():
+                        reasons[todo[position]] = reason
+                    self.n_forward_images += len(positions)
+                    for row, position in enumerate(positions):
+                        i = todo[position]
+                        rows[i] = [np.asarray(out[row], dtype=np.float32) for out in outputs]
+                        if caches is not None:
+                            for name, vector in zip(self.layers, rows[i]):
+                                caches[name].put(keys[i], vector)
+                    bar.update(len(positions) + len(failures))
         ok = np.array([row is not None for row in rows], dtype=bool)
         features = (np.stack([np.concatenate(row) for row in rows if row is not None])
                     .astype(np.float32, copy=False)
@@ -397,7 +494,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     ``arch`` for a local checkpoint, ``layer`` (one or several, comma-separated, or
     ``stages``/``fne``/``all``; several are concatenated), ``pooling``, ``batch_size``, ``runtime``
     (auto/onnx/eager), ``cache_dir`` (None: ``$TRANSFERKIT_CACHE_DIR`` or
-    ``~/.cache/transferkit``), ``use_cache``, ``num_workers``, ``progress``.
+    ``~/.cache/transferkit``), ``use_cache``, ``num_workers``, ``progress``, ``jpeg_draft``
+    (decode large JPEGs at reduced scale: faster, slightly different features).
 
     ``transform`` raises :class:`DataError` naming unreadable images, because a
     transformer must return one row per input.
@@ -406,7 +504,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
                  arch: str | None = None, layer: str = DEFAULT_LAYER, pooling: str = "avg",
                  batch_size: int = 32, runtime: str = "auto", cache_dir: str | None = None,
-                 use_cache: bool = True, num_workers: int | None = None, progress: bool = False):
+                 use_cache: bool = True, num_workers: int | None = None, progress: bool = False,
+                 jpeg_draft: bool = False):
         self.backbone = backbone
         self.weights = weights
         self.arch = arch
@@ -418,13 +517,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.use_cache = use_cache
         self.num_workers = num_workers
         self.progress = progress
+        self.jpeg_draft = jpeg_draft
 
     def fit(self, X=None, y=None):
         self.extractor_ = FrozenExtractor.from_name(
             self.backbone, self.weights, self.arch, layer=self.layer, pooling=self.pooling,
             cache_dir=self.cache_dir,
             use_cache=self.use_cache, runtime=self.runtime, batch_size=self.batch_size,
-            num_workers=self.num_workers)
+            num_workers=self.num_workers, jpeg_draft=self.jpeg_draft)
         self.n_features_out_ = self.extractor_.dim
         return self
 

@@ -194,7 +194,7 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
     @classmethod
     def _load_artifacts(cls, folder: Path, config: dict) -> "LinearProbe":
         from transferkit.backbones.taps import POOLINGS
-        from transferkit.features.runtime import RUNTIMES
+        from transferkit.features.extract import RUNTIMES
 
         check_config(folder, config, _CONFIG_SCHEMA, cls, _NOT_SAVED)
         params = config["params"]

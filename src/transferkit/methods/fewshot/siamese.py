@@ -465,7 +465,7 @@ class SiameseSimilarity(BaseEstimator):
             check_weight_shapes,
             read_tensors,
         )
-        from transferkit.features.runtime import RUNTIMES
+        from transferkit.features.extract import RUNTIMES
         from transferkit.nets.pair_embedding import PairEmbedding
 
         schema = {"n_features": "integer", "layers": ["string"], "threshold": "number",
