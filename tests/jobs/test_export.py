@@ -90,3 +90,48 @@ def test_a_converter_failure_is_one_error_line(student_folder, tmp_path, capsys,
     error = capsys.readouterr().err
     assert "cannot export the distill model (RuntimeError: unsupported operator" in error
     assert error.count("\n") == 1 and not out.exists()
+
+
+def test_an_out_path_in_a_missing_folder_is_refused_before_the_export(
+        student_folder, tmp_path, capsys, monkeypatch):
+    import transferkit.bundle
+
+    def not_reached(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(transferkit.bundle, "load_bundle", not_reached)
+    out = tmp_path / "absent" / "sub" / "model.onnx"
+    assert main(["export", str(student_folder), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert "does not exist" in error and ".tmp" not in error
+    assert not (tmp_path / "absent").exists()
+
+
+def test_the_exported_file_names_no_folder_of_the_training_machine(
+        student_folder, tmp_path, capsys):
+    import shutil
+
+    import onnx
+
+    folder = tmp_path / "copy"
+    shutil.copytree(student_folder, folder)
+    (folder / "metrics.json").write_text(json.dumps({
+        "out": "/home/alice/secret-project/models/student", "data": "photos/2024/cats",
+        "teacher": "C:\\Users\\alice\\teacher", "val_accuracy": 0.75,
+        "notes": ["/home/alice/secret-project/notes.txt"], "backbone": "hf-hub:timm/x"}))
+    out = tmp_path / "student.onnx"
+    assert main(["export", str(folder), "--out", str(out), "--quiet"]) == 0
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert "alice" not in "".join(props.values()) and str(tmp_path) not in "".join(props.values())
+    assert json.loads(props["metrics"]) == {
+        "out": "student", "data": "cats", "teacher": "teacher", "val_accuracy": 0.75,
+        "notes": ["notes.txt"], "backbone": "hf-hub:timm/x"}
+
+
+def test_predict_with_a_missing_onnx_file_names_the_file(tmp_path, capsys):
+    images = write_class_folder(tmp_path / "images", per_class=1)
+    assert main(["predict", str(tmp_path / "absent.onnx"), str(images)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {tmp_path / 'absent.onnx'}: cannot read the model file")
+    assert "model folder" not in error and error.count("\n") == 1

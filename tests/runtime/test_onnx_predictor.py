@@ -158,7 +158,7 @@ def test_tampered_or_foreign_files_are_refused_in_one_line(student_export, tmp_p
         assert expected in _one_line_error(_with_metadata(exported, tmp_path / f"{key}.onnx",
                                                           **{key: value}))
     # Three class names for a graph with two outputs: the probe prediction catches it.
-    assert "[1, 3]" in _one_line_error(_with_metadata(
+    assert "[2, 3]" in _one_line_error(_with_metadata(
         exported, tmp_path / "classes3.onnx", classes='["a", "b", "c"]'))
 
 
@@ -197,3 +197,77 @@ def test_external_data_references_are_refused(student_export, tmp_path, monkeypa
     # Without the onnx package (the light install), ONNX Runtime is pointed at an empty folder.
     monkeypatch.setitem(sys.modules, "onnx", None)
     _one_line_error(path)
+
+
+def _replace_output(exported, target, make_nodes):
+    """The exported graph with its probabilities passed through ``make_nodes(old, new)``."""
+    import onnx
+
+    model = onnx.load(str(exported))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = ["raw" if name == output else name for name in node.output]
+    model.graph.node.extend(make_nodes("raw", output))
+    target.write_bytes(model.SerializeToString())
+    return target
+
+
+def test_graphs_that_do_not_give_one_row_of_probabilities_per_image_are_refused(
+        student_export, tmp_path):
+    import onnx
+    from onnx import helper
+
+    _, exported, _ = student_export
+    negated = _replace_output(exported, tmp_path / "negated.onnx",
+                              lambda old, new: [helper.make_node("Neg", [old], [new])])
+    assert "not probabilities" in _one_line_error(negated)
+    # A batch dimension fixed at 1 passed a one-image probe, then failed on every batch.
+    model = onnx.load(str(exported))
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_value = 1
+    fixed = tmp_path / "batch1.onnx"
+    fixed.write_bytes(model.SerializeToString())
+    assert "not uint8 [batch" in _one_line_error(fixed)
+
+
+def test_class_names_must_stay_distinct_as_text(student_export, tmp_path):
+    """predict and serve name each probability column str(label)."""
+    _, exported, _ = student_export
+    for number, classes in enumerate(('["1", 1]', "[true, false]", "[NaN, 1.5]")):
+        path = _with_metadata(exported, tmp_path / f"classes{number}.onnx", classes=classes)
+        message = _one_line_error(path)
+        assert "classes" in message
+
+
+def test_a_pil_image_is_turned_upright_as_a_file_is(student_export, tmp_path):
+    """load_image applies the EXIF orientation; an opened PIL image must get it too."""
+    _, exported, _ = student_export
+    pixels = np.zeros((24, 48, 3), dtype=np.uint8)
+    pixels[:, :16] = (230, 20, 20)
+    pixels[:, 16:] = (20, 20, 230)
+    picture = Image.fromarray(pixels)
+    exif = picture.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    path = tmp_path / "rotated.jpg"
+    picture.save(path, exif=exif, quality=95)
+    predictor = load_predictor(exported)
+    from_path = predictor.predict_proba(path)
+    with Image.open(path) as opened:
+        from_pil = predictor.predict_proba(opened)
+    assert np.array_equal(from_pil, from_path)
+    sideways = predictor.predict_proba(Image.fromarray(pixels))  # the orientation matters
+    assert np.abs(sideways - from_path).max() > 1e-3
+
+
+def test_without_onnxruntime_predicting_is_one_error_line(student_export, tmp_path,
+                                                          monkeypatch, capsys):
+    from transferkit.cli import main
+
+    _, exported, _ = student_export
+    image = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (200, 30, 30)).save(image)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["predict", str(exported), str(image)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1
+    assert "pip install 'transferkit[runtime]'" in error

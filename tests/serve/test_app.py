@@ -224,6 +224,75 @@ def test_the_size_limit_holds_while_the_body_streams(models):
     assert b"larger than the limit of" in sent[1]["body"]
 
 
+def _call(app, headers: list, receive) -> list:
+    """The ASGI messages ``app`` sends for a POST /predict whose body ``receive`` gives."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "root_path": "", "headers": headers, "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_bytes_around_the_multipart_parts_count_against_the_limits(models):
+    """Without a Content-Length (chunked), an endless epilogue after the closing boundary
+    (or preamble before the first) reached no part limit and was read to its end."""
+    app = create_app(models[1], max_bytes=100_000, max_images=2)
+    head = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            b"\r\n" + good_png() + b"\r\n--xyz--\r\n")
+    reads = []
+
+    async def receive():
+        reads.append(1)
+        if len(reads) > 1000:  # 16 MB: far past the limit; the server should have stopped
+            return {"type": "http.disconnect"}
+        body = head if len(reads) == 1 else b"E" * 16_384
+        return {"type": "http.request", "body": body, "more_body": True}
+
+    sent = _call(app, [(b"content-type", b"multipart/form-data; boundary=xyz")], receive)
+    assert sent[0]["status"] == 413
+    assert len(reads) <= 2 * (100_000 + 8192) // 16_384 + 2
+    assert b"more than" in sent[1]["body"]
+
+
+def test_a_stalled_or_abandoned_body_ends_the_request_with_a_4xx(models):
+    app = create_app(models[1], body_idle_timeout_s=0.2)
+    reads = []
+
+    async def stalls():
+        reads.append(1)
+        if len(reads) == 1:
+            return {"type": "http.request", "body": good_png()[:100], "more_body": True}
+        await asyncio.sleep(3600)
+
+    sent = _call(app, [(b"content-type", b"image/png")], stalls)
+    assert sent[0]["status"] == 408 and b"stalled" in sent[1]["body"]
+
+    async def hangs_up():
+        reads.append(1)
+        if len(reads) == 3:
+            return {"type": "http.request", "body": good_png()[:100], "more_body": True}
+        return {"type": "http.disconnect"}
+
+    # Starlette raises ClientDisconnect; unhandled, it was a 500 and a traceback in the
+    # server's log per client that hangs up.
+    sent = _call(app, [(b"content-type", b"image/png")], hangs_up)
+    assert sent[0]["status"] == 400 and b"disconnected" in sent[1]["body"]
+
+
+def test_the_model_page_names_no_folder_of_the_server(models, clients):
+    folder = models[0]
+    assert str(folder) in (folder / "metrics.json").read_text()  # fit records its --out
+    for client in clients.values():
+        text = client.get("/model").text
+        assert str(folder.parent) not in text and tempfile.gettempdir() not in text
+
+
 def test_uploads_stay_in_a_temporary_folder_removed_after_each_request(
         models, tmp_path, monkeypatch):
     temporary = tmp_path / "tmp"

@@ -26,7 +26,12 @@ import numpy as np
 
 from transferkit import __version__
 from transferkit.errors import BundleError, TransferkitError
-from transferkit.runtime.onnx_predictor import FORMAT, FORMAT_KEY, OnnxPredictor
+from transferkit.runtime.onnx_predictor import (
+    FORMAT,
+    FORMAT_KEY,
+    OnnxPredictor,
+    without_local_paths,
+)
 from transferkit.runtime.preprocessing import rule_from_data_config, stretch_rule
 
 EXPORTABLE_METHODS = ("linear_probe", "finetune", "distill")
@@ -143,12 +148,14 @@ GRAPH_BUILDERS = {"linear_probe": _probe_graph, "finetune": _finetune_graph,
 # -- metadata and the check --------------------------------------------------------------
 
 def _read_metrics(model_dir: Path) -> dict:
-    """metrics.json of the bundle if it is a JSON object (it is informative only)."""
+    """metrics.json of the bundle if it is a JSON object (it is informative only), its
+    paths cut to their last part: the file goes where this machine's folders are nobody's
+    business."""
     try:
         metrics = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return {}
-    return metrics if isinstance(metrics, dict) else {}
+    return without_local_paths(metrics) if isinstance(metrics, dict) else {}
 
 
 def _set_metadata(model, values: dict) -> None:
@@ -211,7 +218,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     """Write the model saved in ``model_dir`` as one ONNX file (default: beside the folder,
     ``MODEL_DIR.onnx``); returns a summary (path, method, classes, inputs, the check)."""
     from transferkit.bundle import first_line, load_bundle, read_config
-    from transferkit.outputs import check_output_file, write_bytes_atomic
+    from transferkit.outputs import OutputFolderError, check_output_file, write_bytes_atomic
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -223,6 +230,9 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     target = check_output_file(default_output(model_dir) if out is None else out,
                                written_by_transferkit=is_exported_model, inputs=(model_dir,),
                                overwrite=overwrite, what="model file")
+    if not target.parent.is_dir():  # said now, not after the minutes the export takes
+        raise OutputFolderError(f"{out}: the folder {target.parent} does not exist; create it "
+                                "or give another path (nothing was written).")
     estimator = load_bundle(model_dir)
     try:
         model, inputs = GRAPH_BUILDERS[method](estimator)

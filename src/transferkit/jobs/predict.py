@@ -26,7 +26,9 @@ def run(bundle: str | os.PathLike, inputs, cache_dir=None, use_cache: bool = Tru
     from transferkit.data import collect_images
 
     start = time.perf_counter()
-    if os.path.isfile(bundle):  # an exported model: ONNX Runtime, no torch or scikit-learn
+    # An exported model: ONNX Runtime, no torch or scikit-learn. A missing or special
+    # .onnx path goes there too, to be named as the file it is meant to be.
+    if os.path.isfile(bundle) or str(bundle).lower().endswith(".onnx"):
         from transferkit.runtime import load_predictor
 
         estimator = load_predictor(bundle)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit.errors import BundleError, DataError, ImageDecodeError
+from transferkit.errors import BundleError, DataError, ImageDecodeError, TransferkitError
 from transferkit.runtime.preprocessing import apply_rule, check_rule
 
 FORMAT = 1
@@ -33,6 +33,29 @@ REQUIRED_KEYS = ("transferkit_format", "transferkit_version", "method", "classes
 OPTIONAL_KEYS = ("metrics", "normalisation", "export_check", "source")
 MAX_FILE_BYTES = 2**31  # protobuf's own limit: larger exports would need external data
 REDO_HINT = "Export the model again with `transferkit export MODEL_DIR`."
+
+
+# Keys under which the commands' summaries (metrics.json) record files and folders.
+PATH_KEYS = frozenset({"out", "data", "teacher", "model", "weights", "bundle", "reconstructions",
+                       "path", "folder", "cache_dir"})
+
+
+def _looks_like_a_local_path(text: str) -> bool:
+    return (text.startswith(("/", "~", "\\\\", "./", "../"))
+            or (len(text) > 2 and text[0].isalpha() and text[1] == ":" and text[2] in "/\\"))
+
+
+def without_local_paths(value, key: str | None = None):
+    """``value`` (a metrics object) with each file or folder path cut to its last part:
+    an exported file and ``GET /model`` go to other people, who need not learn where the
+    model was trained or is served from."""
+    if isinstance(value, dict):
+        return {k: without_local_paths(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_local_paths(v) for v in value]
+    if isinstance(value, str) and (key in PATH_KEYS or _looks_like_a_local_path(value)):
+        return value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return value
 
 
 def _first_line(exc: BaseException) -> str:
@@ -73,6 +96,11 @@ def _refuse_external_data(path: Path, data: bytes) -> None:
                           f"writes; refusing it. {REDO_HINT}")
 
 
+def _are_probabilities(rows: np.ndarray) -> bool:
+    return bool(np.isfinite(rows).all() and (rows >= -1e-6).all() and (rows <= 1 + 1e-6).all()
+                and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+
+
 def _is_int_list(value, length: int | None = None) -> bool:
     return (isinstance(value, list) and (length is None or len(value) == length)
             and all(type(v) is int and v > 0 for v in value))
@@ -104,10 +132,12 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict:
         if not isinstance(metadata[key], str):
             raise bad(f"{key} is not a string")
     classes = metadata["classes"]
+    # Labels are str or int as the bundles hold them; predict and serve name a column by
+    # str(label), so two labels with one spelling ("1" and 1) would share a name.
     if not (isinstance(classes, list) and len(classes) >= 2
-            and all(isinstance(c, (str, int, float)) for c in classes)):
+            and all(type(c) in (str, int) for c in classes)):
         raise bad("classes is not a list of at least two names")
-    if len({json.dumps(c) for c in classes}) != len(classes):
+    if len({str(c) for c in classes}) != len(classes):
         raise bad("classes repeat")
     if not _is_int_list(metadata["input_size"], 2):
         raise bad("input_size is not [height, width]")
@@ -140,7 +170,11 @@ class OnnxPredictor:
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  batch_size: int = 32):
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise TransferkitError(f"{path}: predicting with an exported model needs "
+                                   "onnxruntime: pip install 'transferkit[runtime]'.") from exc
 
         self.path = Path(path)
         self.batch_size = int(batch_size)
@@ -187,31 +221,48 @@ class OnnxPredictor:
         for spec in self.inputs:
             item = graph_inputs[spec["name"]]
             height, width = spec["resize_rule"]["crop"]
+            # The batch dimension must be free: predict_proba stacks up to batch_size images.
             if item.type != "tensor(uint8)" or len(item.shape) != 4 or \
-                    list(item.shape[1:]) != [height, width, 3]:
+                    isinstance(item.shape[0], int) or list(item.shape[1:]) != [height, width, 3]:
                 raise bad(f"input {item.name} is {item.type} {item.shape}, not uint8 "
                           f"[batch, {height}, {width}, 3]")
         outputs = [item.name for item in self.session.get_outputs()]
         if self.metadata["output"] not in outputs:
             raise bad(f"the graph has no output {self.metadata['output']!r}")
-        probe = self._run([np.zeros((1, *spec["resize_rule"]["crop"], 3), np.uint8)
-                           for spec in self.inputs])
-        if probe.shape != (1, len(self.classes)) or not np.isfinite(probe).all():
-            raise bad(f"it gives {list(probe.shape)} values for one image, not "
-                      f"[1, {len(self.classes)}] probabilities")
+        # Two images (black, white) in one batch: one row of probabilities each.
+        probe = self._run([np.stack([np.zeros((*spec["resize_rule"]["crop"], 3), np.uint8),
+                                     np.full((*spec["resize_rule"]["crop"], 3), 255, np.uint8)])
+                           for spec in self.inputs], check=False)
+        if probe.shape != (2, len(self.classes)):
+            raise bad(f"it gives {list(probe.shape)} values for two images, not "
+                      f"[2, {len(self.classes)}]")
+        if not _are_probabilities(probe):
+            raise bad("its outputs are not probabilities (finite, 0 to 1, summing to 1 per "
+                      "image)")
 
-    def _run(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def _run(self, arrays: list[np.ndarray], check: bool = True) -> np.ndarray:
         feeds = {spec["name"]: array for spec, array in zip(self.inputs, arrays)}
         (probabilities,) = self.session.run([self.metadata["output"]], feeds)
-        return np.asarray(probabilities, dtype=np.float64)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if check and probabilities.shape != (len(arrays[0]), len(self.classes)):
+            raise BundleError(f"{self.path}: the graph gave {list(probabilities.shape)} values "
+                              f"for {len(arrays[0])} images. {REDO_HINT}")
+        return probabilities
 
     # -- images --------------------------------------------------------------------------
     def preprocess(self, image) -> list[np.ndarray]:
         """One image (a path or a decoded PIL image) as the graph's inputs take it: one
         uint8 ``(H, W, 3)`` array per input."""
+        from PIL import ImageOps
+
         from transferkit.data.images import load_image, to_rgb
 
-        picture = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
+        if isinstance(image, (str, os.PathLike)):
+            picture = load_image(image)
+        else:
+            # As load_image does for a file: upright by its EXIF tag (an image already
+            # transposed has no tag left), then RGB.
+            picture = to_rgb(ImageOps.exif_transpose(image))
         return [apply_rule(picture, spec["resize_rule"]) for spec in self.inputs]
 
     def _predict_arrays(self, rows: list[list[np.ndarray]]) -> np.ndarray:

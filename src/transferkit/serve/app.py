@@ -2,8 +2,9 @@
 ``GET /health`` and the OpenAPI pages at ``/docs``.
 
 What a client sends is untrusted. The body is read as a stream and refused (413) as soon
-as an image passes ``max_bytes`` or a request passes ``max_images``, before the rest is
-read; a ``Content-Length`` over the limits is refused before a byte is read. Uploaded
+as an image passes ``max_bytes``, a request passes ``max_images`` or a multipart body
+passes what that many images can take, before the rest is read; a ``Content-Length`` over
+the limits is refused before a byte is read, and a body that stalls is refused (408). Uploaded
 bytes are written only into a :class:`tempfile.TemporaryDirectory` of the request, under
 names the server chooses (never the client's file name), and the folder is removed when
 the request ends, whatever happened. Images are decoded by
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from transferkit import __version__
 from transferkit.errors import ImageDecodeError, TransferkitError
@@ -40,6 +42,9 @@ DEFAULT_MAX_IMAGES = 32
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_BATCH = 32
 DEFAULT_BATCH_WAIT_MS = 0.0
+# Longest pause allowed while a body arrives (a slow mobile upload still sends something
+# every few seconds; a client that sends nothing is holding a slot).
+DEFAULT_BODY_IDLE_TIMEOUT_S = 30.0
 FIELD = "file"
 # What a multipart body may hold beyond its images: boundaries and part headers.
 MULTIPART_OVERHEAD_PER_PART = 8 * 1024
@@ -153,6 +158,25 @@ class _MultipartReceiver:
             self._handle = None
 
 
+async def _body_chunks(request: Request, idle_timeout_s: float):
+    """The request body as it arrives. A client that stops sending for ``idle_timeout_s``
+    is refused (408) rather than holding a connection, an open file and a temporary folder
+    for as long as it likes; one that hangs up ends the request without a traceback."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(idle_timeout_s):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise Refused(408, f"the request body stalled for {idle_timeout_s:g} s; send it "
+                               "without pauses.") from None
+        except ClientDisconnect:
+            raise Refused(400, "the client disconnected before the body ended.") from None
+        yield chunk
+
+
 def _declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     try:
@@ -162,19 +186,26 @@ def _declared_length(request: Request) -> int | None:
 
 
 async def _receive_multipart(request: Request, folder: Path, max_bytes: int,
-                             max_images: int) -> list[Upload]:
+                             max_images: int, idle_timeout_s: float) -> list[Upload]:
     _, options = parse_options_header(request.headers["content-type"])
     boundary = options.get(b"boundary")
     if not boundary:
         raise Refused(400, "multipart body without a boundary in its Content-Type.")
+    most = max_images * (max_bytes + MULTIPART_OVERHEAD_PER_PART)
+    too_long = f"exceed what {max_images} images of at most {_megabytes(max_bytes)} each can take."
     length = _declared_length(request)
-    if length is not None and length > max_images * (max_bytes + MULTIPART_OVERHEAD_PER_PART):
-        raise Refused(413, f"the request's {_megabytes(length)} exceed what {max_images} images "
-                           f"of at most {_megabytes(max_bytes)} each can take.")
+    if length is not None and length > most:
+        raise Refused(413, f"the request's {_megabytes(length)} {too_long}")
     receiver = _MultipartReceiver(folder, max_bytes, max_images)
     parser = MultipartParser(boundary, receiver.callbacks())
+    received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _body_chunks(request, idle_timeout_s):
+            # Counted here too: without a Content-Length (chunked), bytes before the first
+            # boundary or after the last one reach no part, and no part limit stops them.
+            received += len(chunk)
+            if received > most:
+                raise Refused(413, f"the request body's more than {_megabytes(most)} {too_long}")
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
@@ -188,13 +219,14 @@ async def _receive_multipart(request: Request, folder: Path, max_bytes: int,
     return receiver.uploads
 
 
-async def _receive_body(request: Request, folder: Path, max_bytes: int) -> Upload:
+async def _receive_body(request: Request, folder: Path, max_bytes: int,
+                        idle_timeout_s: float) -> Upload:
     upload = Upload("request body", None, folder / "image-0001")
     length = _declared_length(request)
     if length is not None and length > max_bytes:
         raise _too_large(upload.label, max_bytes)
     with open(upload.path, "xb") as handle:
-        async for chunk in request.stream():
+        async for chunk in _body_chunks(request, idle_timeout_s):
             upload.size += len(chunk)
             if upload.size > max_bytes:
                 raise _too_large(upload.label, max_bytes)
@@ -205,14 +237,14 @@ async def _receive_body(request: Request, folder: Path, max_bytes: int) -> Uploa
     return upload
 
 
-async def receive_uploads(request: Request, folder: Path, max_bytes: int,
-                          max_images: int) -> list[Upload]:
+async def receive_uploads(request: Request, folder: Path, max_bytes: int, max_images: int,
+                          idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S) -> list[Upload]:
     """The request's images, written into ``folder``: the parts of the multipart field
     ``file``, or the whole body as one image."""
     content_type = request.headers.get("content-type", "")
     if content_type.lower().startswith("multipart/"):
-        return await _receive_multipart(request, folder, max_bytes, max_images)
-    return [await _receive_body(request, folder, max_bytes)]
+        return await _receive_multipart(request, folder, max_bytes, max_images, idle_timeout_s)
+    return [await _receive_body(request, folder, max_bytes, idle_timeout_s)]
 
 
 def top_classes(probabilities: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -263,6 +295,7 @@ _REQUEST_BODY = {"required": True, "content": {
 }}
 _ERRORS = {status: {"model": Error, "description": text} for status, text in (
     (400, "empty body, empty file, malformed multipart, unexpected field"),
+    (408, "the body stalled longer than the idle timeout"),
     (413, "an image over the size limit, too many images, a decompression bomb"),
     (415, "not an image"), (422, "a corrupt or truncated image, a bad query parameter"))}
 
@@ -271,7 +304,8 @@ def create_app(model_path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
                max_images: int = DEFAULT_MAX_IMAGES, top_k: int = DEFAULT_TOP_K,
                batching: bool = True, max_batch: int = DEFAULT_MAX_BATCH,
                batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
-               decode_threads: int | None = None) -> FastAPI:
+               decode_threads: int | None = None,
+               body_idle_timeout_s: float = DEFAULT_BODY_IDLE_TIMEOUT_S) -> FastAPI:
     """The service of the model at ``model_path`` (a model folder or an exported ``.onnx``
     file), loaded now: a damaged model is a :class:`~transferkit.errors.TransferkitError`
     before any client connects.
@@ -280,12 +314,16 @@ def create_app(model_path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
     ``top_k`` is the default number of classes per image. ``batching`` merges the images
     of concurrent requests into batches of up to ``max_batch``, waiting at most
     ``batch_wait_ms`` for more. ``decode_threads`` bounds how many images are decoded at
-    once (decoded pictures can be large; default: the CPUs).
+    once (decoded pictures can be large; default: the CPUs). A request whose body pauses
+    longer than ``body_idle_timeout_s`` is refused (408).
     """
     for name, value in (("max image size", max_bytes), ("max images", max_images),
                         ("top k", top_k), ("max batch", max_batch)):
         if int(value) < 1:
             raise TransferkitError(f"{name} must be at least 1, not {value}.")
+    if not body_idle_timeout_s > 0:
+        raise TransferkitError(f"body idle timeout must be more than 0 s, not "
+                               f"{body_idle_timeout_s}.")
     if batch_wait_ms < 0:
         raise TransferkitError(f"batch wait must be 0 ms or more, not {batch_wait_ms}.")
     max_bytes, max_images, top_k = int(max_bytes), int(max_images), int(top_k)
@@ -317,7 +355,7 @@ def create_app(model_path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
 
     def error(status: int, message: str) -> JSONResponse:
         # Close the connection: after a refusal the rest of the body may still be unsent.
-        headers = {"Connection": "close"} if status == 413 else None
+        headers = {"Connection": "close"} if status in (408, 413) else None
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(Refused)
@@ -357,7 +395,8 @@ def create_app(model_path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES
         body (any content type but multipart)."""
         k = min(top_k, len(model.classes))
         with tempfile.TemporaryDirectory(prefix="transferkit-serve-") as folder:
-            uploads = await receive_uploads(request, Path(folder), max_bytes, max_images)
+            uploads = await receive_uploads(request, Path(folder), max_bytes, max_images,
+                                            body_idle_timeout_s)
             items = await anyio.to_thread.run_sync(prepare_all, uploads, limiter=decoding)
             results = await batcher.predict(items)
         predictions = []

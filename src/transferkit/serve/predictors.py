@@ -36,6 +36,14 @@ def json_safe(value):
     return value
 
 
+def public_metrics(metrics: dict) -> dict:
+    """What ``GET /model`` shows of a model's metrics: strict JSON, and no path of the
+    server's files (a file exported before paths were cut may still name them)."""
+    from transferkit.runtime.onnx_predictor import without_local_paths
+
+    return json_safe(without_local_paths(metrics))
+
+
 class ExportedModel:
     """An ``.onnx`` file written by ``transferkit export``."""
 
@@ -49,7 +57,7 @@ class ExportedModel:
         self.method = self.predictor.method
         self.classes = [str(c) for c in self.predictor.classes]
         self.input_size = tuple(self.predictor.input_size)
-        self.metrics = json_safe(self.predictor.metadata.get("metrics", {}))
+        self.metrics = public_metrics(self.predictor.metadata.get("metrics", {}))
 
     def prepare(self, path: Path) -> list[np.ndarray]:
         return self.predictor.preprocess(path)
@@ -89,7 +97,7 @@ def _read_metrics(folder: Path) -> dict:
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # informative only: a model still serves
         return {}
-    return json_safe(metrics) if isinstance(metrics, dict) else {}
+    return public_metrics(metrics) if isinstance(metrics, dict) else {}
 
 
 class BundleModel:
@@ -137,4 +145,5 @@ class BundleModel:
 
 def load_served_model(path: str | os.PathLike) -> ExportedModel | BundleModel:
     """An exported ``.onnx`` file or a model folder, ready to serve."""
-    return ExportedModel(path) if os.path.isfile(path) else BundleModel(path)
+    exported = os.path.isfile(path) or str(path).lower().endswith(".onnx")
+    return ExportedModel(path) if exported else BundleModel(path)
