@@ -59,7 +59,8 @@ def fit_and_score(method: str, paths, labels, train, test, seed: int, args) -> d
     else:
         model = FineTuner(strategy=method, k=2, epochs=args.epochs, image_size=args.image_size,
                           batch_size=args.batch_size, random_state=seed, progress=False,
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers, views=args.views,
+                          cache_dir=str(args.cache_dir))
     model.fit(X, y)
     fit_seconds = time.perf_counter() - started
     accuracy = float(model.score([paths[i] for i in test], labels[test]))
@@ -79,11 +80,16 @@ def mean_std(values) -> str:
 def render(args, described, main_rows, size_rows, speed, seconds) -> str:
     lines = ["## Freeze or fine-tune? oxford17flowers (17 classes)", "",
              f"`python -m benchmarks.bench_finetune_flowers --seeds {' '.join(map(str, args.seeds))} "
-             f"--epochs {args.epochs}`. Machine: {described}. {seconds:.0f} s in all.", "",
+             f"--epochs {args.epochs} --views {args.views} --sizes {' '.join(map(str, args.sizes))} "
+             f"--methods {' '.join(repr(m) if ' ' in m else m for m in args.methods)}`. "
+             f"Machine: {described}. {seconds:.0f} s in all.", "",
              f"EfficientNet-Lite0 (bundled ImageNet weights), {args.image_size} px, batch "
              f"{args.batch_size}, AdamW lr 1e-3 for the head, each earlier layer group 3× slower, "
              f"warm-up + cosine, epoch budget {args.epochs}, early stopping (patience 3) on a "
              "seeded 20% of the training images; `last-k` trains the head and the last 2 groups. "
+             f"`head` and `last-k` train on cached frozen-prefix activations ({args.views} "
+             "augmented views per image + the centre crop; 0: none), `full` on fresh "
+             "augmentations through the whole network. "
              "Linear probe: pre-logits features + logistic regression with C chosen by 5-fold CV.",
              "", "### 40 training / 40 test images per class (seeded split per seed)", "",
              "| method | test accuracy (mean ± sd) | per seed | fit wall s (mean) | epochs run |",
@@ -127,6 +133,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="*", default=[5, 10, 20])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--views", type=int, default=8,
+                        help="frozen-prefix cache: augmented views per training image (0: none)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=1)

@@ -93,7 +93,7 @@ def test_the_compatibility_module_is_the_jobs():
 
 @pytest.mark.parametrize("argv, flag", [
     (["--method", "finetune", "--pooling", "max"], "--pooling"),
-    (["--method", "finetune", "--no-cache"], "--no-cache"),
+    (["--method", "finetune", "--normalise", "l2"], "--normalise"),
     (["--method", "linear_probe", "--epochs", "3"], "--epochs"),
     (["--method", "fne", "--layer", "blocks.2"], "--layer"),  # fne fixes its layers
 ])
