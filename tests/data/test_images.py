@@ -92,3 +92,43 @@ def test_jpeg_draft_keeps_the_orientation_and_the_size_limit(tmp_path, monkeypat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
         load_image(tmp_path / "rotated.jpg", draft_size=(16, 16))
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_as_they_were(tmp_path):
+    """Extraction lanes decode in threads: each one saving and restoring the process-wide
+    warning filters left DecompressionBombWarning as an error (or ignored) for good."""
+    import struct
+    import threading
+    import warnings
+    import zlib
+
+    def png_header_only(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, body: bytes) -> bytes:
+            return (struct.pack(">I", len(body)) + kind + body
+                    + struct.pack(">I", zlib.crc32(kind + body)))
+
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(good)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_only(10_000, 10_000))
+    before = list(warnings.filters)
+    messages = []
+
+    def decode():
+        for _ in range(200):
+            load_image(good)
+        try:
+            load_image(bomb)
+        except ImageDecodeError as exc:
+            messages.append(str(exc))
+
+    threads = [threading.Thread(target=decode) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before
+    assert len(messages) == 4 and all("decompression bomb: 10000x10000" in m for m in messages)

@@ -140,5 +140,20 @@ def test_lbfgs_linear_svc_refuses_settings_it_does_not_solve():
     X, y, _ = _classes(2, 5)
     with pytest.raises(ValueError, match="does not support"):
         LbfgsLinearSVC(penalty="l1", dual=False).fit(X, y)
-    with pytest.raises(ValueError, match="does not support"):
-        LbfgsLinearSVC(class_weight="balanced").fit(X, y)
+    with pytest.raises(ValueError, match="does not support"):  # was solved as one-vs-rest
+        LbfgsLinearSVC(multi_class="crammer_singer").fit(X, y)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_lbfgs_linear_svc_weights_images_as_liblinear_does(n_classes):
+    """CalibratedClassifierCV passes a caller's sample_weight through; an array there
+    crashed the parameter check with numpy's "truth value ... is ambiguous"."""
+    X, y, _ = _classes(n_classes, 15, dim=20)
+    weights = np.random.default_rng(3).uniform(0.2, 3.0, len(y))
+    for class_weight in ({label: 1.0 + label for label in range(n_classes)}, "balanced"):
+        reference = LinearSVC(C=0.01, tol=1e-8, max_iter=200_000, class_weight=class_weight)
+        ours = LbfgsLinearSVC(C=0.01, tol=1e-8, max_iter=10_000, class_weight=class_weight)
+        reference.fit(X, y, sample_weight=weights)
+        ours.fit(X, y, sample_weight=weights)
+        np.testing.assert_allclose(ours.coef_, reference.coef_, atol=1e-4)
+        np.testing.assert_allclose(ours.intercept_, reference.intercept_, atol=1e-4)

@@ -66,3 +66,33 @@ def test_jpeg_draft_features_have_their_own_cache_namespace(tiny_backbone, tmp_p
     again = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c", jpeg_draft=True)
     np.testing.assert_array_equal(again.extract(paths).features, draft_features)
     assert again.n_forward_images == 0
+
+
+def test_an_error_while_collecting_stops_the_lanes(tiny_backbone, tmp_path, monkeypatch):
+    """A failing cache write (or an interrupt) in the collecting thread must not leave the
+    lanes decoding and inferring the rest of the list in the background."""
+    import threading
+    import time
+
+    from transferkit.errors import CacheError
+    from transferkit.features.cache import FeatureCache
+
+    root = write_class_folder(tmp_path / "images", per_class=30)
+    paths = list_image_files(root)
+    extractor = FrozenExtractor(tiny_backbone, runtime="onnx", cache_dir=tmp_path / "c",
+                                num_workers=2, batch_size=1)
+    extractor.runtime  # exported and checked before counting
+    decoded = []
+    preprocess = extractor.preprocess
+    extractor._preprocess = lambda path: decoded.append(path) or preprocess(path)
+
+    def full_disk(self, key, vector):
+        raise CacheError("disk full")
+
+    monkeypatch.setattr(FeatureCache, "put", full_disk)
+    with pytest.raises(CacheError) as info:  # keeps the traceback, and so the frame, alive
+        extractor.extract(paths)
+    time.sleep(0.5)
+    assert info.value is not None
+    assert not [t for t in threading.enumerate() if t.name.startswith("transferkit-lane")]
+    assert len(decoded) <= 2 * 2 + 2  # the batches in flight, not the other ~55 images

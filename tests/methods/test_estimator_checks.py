@@ -28,6 +28,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from transferkit.errors import DataError
+from transferkit.features.classifiers import LbfgsLinearSVC
 from transferkit.features.fne import FullNetworkEmbedding
 from transferkit.methods.domain._base import SourceOnly, TargetOracle
 from transferkit.methods.domain.coral import CORAL, CORALTransformer
@@ -101,6 +102,7 @@ ESTIMATORS = [
     SubspaceAlignmentTransformer(),
     TCATransformer(n_components=2, max_samples=60),
     FullNetworkEmbedding(),
+    LbfgsLinearSVC(),
 ]
 
 TCA_SUBSAMPLES = ("TCA solves on at most max_samples rows: beyond them the fitted model "

@@ -11,7 +11,9 @@ import errno
 import os
 import re
 import stat
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -148,6 +150,40 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+_bomb_errors_lock = threading.Lock()
+_bomb_errors_users = 0
+_BOMB_ERROR_FILTER = ("error", None, Image.DecompressionBombWarning, None, 0)
+
+
+@contextmanager
+def _bomb_warnings_as_errors():
+    """PIL's DecompressionBombWarning (an image, frame or tile past the pixel limit) as an
+    error, for as long as any thread is decoding.
+
+    Warning filters are process-wide and ``catch_warnings`` puts back, on exit, the whole
+    list it saw on entry: threads decoding at once (the extraction lanes) each restoring
+    their own snapshot left ``error``/``ignore`` entries behind for the rest of the
+    process. Here the first decoder in adds one entry and the last one out removes that
+    entry only.
+    """
+    global _bomb_errors_users
+    with _bomb_errors_lock:
+        if _bomb_errors_users == 0:
+            warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _bomb_errors_users += 1
+    try:
+        yield
+    finally:
+        with _bomb_errors_lock:
+            _bomb_errors_users -= 1
+            if _bomb_errors_users == 0:
+                try:
+                    warnings.filters.remove(_BOMB_ERROR_FILTER)
+                except ValueError:  # someone reset the filters meanwhile
+                    pass
+                getattr(warnings, "_filters_mutated", lambda: None)()
+
+
 def load_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image.
 
@@ -161,16 +197,13 @@ def load_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
     """
     path = Path(path)
     try:
-        with open_regular_file(path) as handle:
+        with open_regular_file(path) as handle, _bomb_warnings_as_errors():
             try:
-                with warnings.catch_warnings():
-                    # The size check below names the size; PIL's warning does not.
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    opened = Image.open(handle)
-            except Image.DecompressionBombError as exc:
+                opened = Image.open(handle)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                # PIL's message has the pixel count; the header has the size.
                 raise _bomb(path, _declared_size(handle), str(exc)) from exc
-            with opened, warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with opened:
                 if opened.width * opened.height > _pixel_limit():
                     raise _bomb(path, opened.size)
                 # For animated GIF/TIFF the first frame is the image.

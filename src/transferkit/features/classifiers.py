@@ -71,7 +71,9 @@ class LbfgsLinearSVC(LinearSVC):
     step. liblinear walks the images one at a time, one class after another, which made
     the svm the slowest classifier on 100 classes (about 10× slower than this on 1280-d
     features, and it grows with every class). Only the settings transferkit uses are
-    supported: ``penalty="l2"``, ``loss="squared_hinge"``, no class or sample weights.
+    supported: ``penalty="l2"``, ``loss="squared_hinge"``, ``multi_class="ovr"``;
+    ``class_weight`` and ``sample_weight`` scale each image's ``C`` as liblinear does (a
+    class's weight applies where it is the positive class).
     """
 
     def fit(self, X, y, sample_weight=None):
@@ -81,31 +83,44 @@ class LbfgsLinearSVC(LinearSVC):
         from sklearn.utils.validation import validate_data
 
         self._validate_params()
-        unsupported = {name: value for name, value in
-                       (("penalty", self.penalty), ("loss", self.loss),
-                        ("class_weight", self.class_weight), ("sample_weight", sample_weight))
-                       if value not in ("l2", "squared_hinge", None)}
+        from sklearn.utils.validation import _check_sample_weight
+
+        from scipy import sparse
+        from sklearn.utils.class_weight import compute_class_weight
+
+        supported = {"penalty": "l2", "loss": "squared_hinge", "multi_class": "ovr"}
+        unsupported = {name: getattr(self, name) for name, value in supported.items()
+                       if getattr(self, name) != value}
         if unsupported:
             raise ValueError(f"{type(self).__name__} does not support {unsupported}; use "
                              "sklearn.svm.LinearSVC")
-        X, y = validate_data(self, X, y, dtype=np.float64, order="C")
+        X, y = validate_data(self, X, y, accept_sparse="csr", dtype=np.float64, order="C")
         check_classification_targets(y)
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"need at least two classes, got {self.classes_.tolist()}")
+            raise ValueError(f"{type(self).__name__} needs images of at least 2 classes, but "
+                             f"the data contains only one class: {self.classes_[0]!r}")
         # Two classes: one problem, positive = classes_[1], as liblinear does.
         positive = (encoded[:, None] == (np.arange(len(self.classes_)) if len(self.classes_) > 2
                                          else np.array([1])))
         signs = np.where(positive, 1.0, -1.0)
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        class_weights = compute_class_weight(self.class_weight, classes=self.classes_, y=y,
+                                             sample_weight=sample_weight)
+        per_problem = (np.where(positive, class_weights, 1.0) if len(self.classes_) > 2
+                       else class_weights[encoded][:, None])
+        image_c = self.C * per_problem * sample_weight[:, None]
         if self.fit_intercept:
-            X = np.hstack([X, np.full((len(X), 1), float(self.intercept_scaling))])
+            column = np.full((X.shape[0], 1), float(self.intercept_scaling))
+            X = (sparse.hstack([X, column], format="csr") if sparse.issparse(X)
+                 else np.hstack([X, column]))
         shape = (X.shape[1], signs.shape[1])
 
         def loss_and_gradient(flat):
             weights = flat.reshape(shape)
             slack = np.maximum(0.0, 1.0 - signs * (X @ weights))
-            loss = 0.5 * np.dot(flat, flat) + self.C * np.dot(slack.ravel(), slack.ravel())
-            gradient = weights - (2.0 * self.C) * (X.T @ (signs * slack))
+            loss = 0.5 * np.dot(flat, flat) + np.sum(image_c * slack * slack)
+            gradient = weights - 2.0 * (X.T @ (image_c * signs * slack))
             return loss, gradient.ravel()
 
         result = minimize(loss_and_gradient, np.zeros(shape[0] * shape[1]), jac=True,

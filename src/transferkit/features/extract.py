@@ -16,14 +16,16 @@ modules are not meant to run concurrently in threads).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import itertools
 import json
 import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -348,11 +350,22 @@ class FrozenExtractor:
             for first in range(0, len(paths), size):
                 yield run_batch(first)
             return
+        # At most two batches per lane queued or running: whatever stops the run (an
+        # error, an interrupt, a caller that drops this generator) leaves only those to
+        # finish, not the whole list running on in the background.
+        starts = iter(range(0, len(paths), size))
         pool = ThreadPoolExecutor(lanes, thread_name_prefix="transferkit-lane")
         try:
-            futures = [pool.submit(run_batch, first) for first in range(0, len(paths), size)]
-            for future in as_completed(futures):
-                yield future.result()
+            pending = {pool.submit(run_batch, first)
+                       for first in itertools.islice(starts, 2 * lanes)}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    following = next(starts, None)
+                    if following is not None:  # before the yield: lanes work on meanwhile
+                        pending.add(pool.submit(run_batch, following))
+                    yield result
         finally:  # an error or an interrupt: drop the batches not yet started
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -417,8 +430,11 @@ class FrozenExtractor:
             batches = (self._batches_in_lanes(runtime, todo_paths)
                        if isinstance(runtime, OnnxRuntime)
                        else self._batches_from_workers(runtime, todo_paths))
-            with tqdm(total=len(todo), desc=f"features ({runtime.name})", unit="img",
-                      disable=not progress, leave=False) as bar:
+            # Closed on the way out, whatever the way: an error here must not leave lanes
+            # or decode workers running while the traceback keeps this frame alive.
+            with contextlib.closing(batches), \
+                    tqdm(total=len(todo), desc=f"features ({runtime.name})", unit="img",
+                         disable=not progress, leave=False) as bar:
                 for positions, outputs, failures in batches:
                     for position, reason in failures.items():
                         reasons[todo[position]] = reason
