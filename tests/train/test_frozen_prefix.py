@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from builders import colour_image, write_class_folder
 from transferkit.methods.finetune import install_head
 from transferkit.train import keep_frozen_batchnorm_eval, last_groups, layer_groups, set_trainable
-from transferkit.train.frozen_prefix import NetworkChain, ViewPolicy, prefix_activations
+from transferkit.train.frozen_prefix import (
+    NetworkChain,
+    ViewPolicy,
+    prefix_activations,
+    prefix_digest,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -167,3 +172,31 @@ def test_unreadable_images_are_left_out_and_named(images, tmp_path):
     assert result.ok.tolist() == [True, False, True]
     assert [path for path, _ in result.skipped] == [str(broken)]
     assert next(iter(result.arrays.values())).shape[:2] == (2, 3)
+
+
+def test_entries_are_keyed_by_the_prefix_weights_not_only_the_backbone_name(images, tmp_path):
+    cache, model = tmp_path / "c", tiny_model()
+    identity = identity_of(model)  # kept while the weights change: a stale name
+    chain = NetworkChain.of(model, (3, SIZE, SIZE))
+    cut = chain.n_steps - 2
+
+    def activations():
+        return prefix_activations(chain, [cut], images, policy(0), identity, cache_dir=cache,
+                                  num_workers=0)
+
+    first = activations()
+    with torch.no_grad():
+        # After the cut: the entries still hold.
+        next(chain.steps[-1].parameters()).add_(1.0)
+        model.get_classifier()[-1].weight.add_(1.0)
+    assert activations().n_cached == len(images)
+    with torch.no_grad():
+        next(chain.steps[0].parameters()).mul_(0.5)  # before the cut: they do not
+    changed = activations()
+    assert changed.n_cached == 0 and changed.n_computed == len(images)
+    assert not np.allclose(changed.arrays[cut], first.arrays[cut])
+    eager = prefix_activations(chain, [cut], images, policy(0), identity, use_cache=False,
+                               runtime="eager", num_workers=0)
+    np.testing.assert_allclose(changed.arrays[cut], eager.arrays[cut], atol=1e-4, rtol=0)
+    assert prefix_digest(model, chain.cut_name(cut)) == chain.prefix_digest(cut)
+    assert prefix_digest(model, "no.such.layer") is None

@@ -99,6 +99,18 @@ def _unreadable(path: str) -> str:
     return f"{path}: cannot be read as an image (corrupt, truncated or not an image)"
 
 
+def _stage_cut(chain, groups, stage) -> int:
+    """The cut before the first layer ``stage`` (``(name, trainable groups, last)``) trains."""
+    return chain.cut_for([n for g in groups if g.index in stage[1] for n in g.param_names])
+
+
+def _worth_caching(chain, cut: int) -> bool:
+    """A prefix runs separately when it is not empty and its activations are no larger
+    than the image (deeper in, they are larger than the image for many networks)."""
+    image_floats = int(np.prod(chain.shapes[0]))
+    return 0 < cut <= chain.pooled and int(np.prod(chain.shapes[cut])) <= image_floats
+
+
 def _json_label(value):
     return value.item() if hasattr(value, "item") else value
 
@@ -126,9 +138,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
     cached on disk (``cache_dir``, as the feature cache; ``use_cache=False``: in memory
     only): the centre crop plus ``views`` (at most ``epochs - 1``) training-augmented
     crops per training image, seeded by the image's content, one view drawn at random
-    per image and epoch; the validation images' centre crops. Predictions are the same network as without the
-    cache (:mod:`transferkit.train.frozen_prefix`). ``views=0``: no cache, every epoch
-    augments afresh and runs the whole network (the way ``"full"`` always trains).
+    per image and epoch; the validation images' centre crops. Predictions are the same
+    network as without the cache (:mod:`transferkit.train.frozen_prefix`). When the
+    final model's first layers are still the pretrained ones (any strategy but
+    ``"full"``, with ``views > 0``; ``prediction_prefix_`` names the cut and is saved
+    with the model), prediction runs them the same way, on the cached centre crops, and
+    only the rest in PyTorch. ``views=0``: no cache, every epoch augments afresh and
+    runs the whole network (the way ``"full"`` always trains).
     Defaults ``k=1``, ``views=8``: on hymenoptera (Lite0, 2-core CPU) unfreezing the
     second-last group (blocks.5) tripled the epoch time without lowering the validation
     loss, and 8 views reached 0.948 validation accuracy where 4 reached 0.941
@@ -274,9 +290,10 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         return min(remaining, cap), 1
 
     def _cached_stages(self, model, groups, stages, backbone, train_paths, train_labels,
-                       val_paths, val_labels, augment, skipped: set) -> dict:
-        """``{stage: (tail, train batches, val batches)}`` for the stages that train on
-        cached activations of the frozen prefix (see :mod:`transferkit.train.frozen_prefix`).
+                       val_paths, val_labels, augment, skipped: set) -> tuple[dict, object]:
+        """``({stage: (tail, train batches, val batches)}, chain)`` for the stages that train
+        on cached activations of the frozen prefix (see :mod:`transferkit.train.frozen_prefix`);
+        ``chain``: the network as a chain, None when no stage uses one.
 
         Every such stage's cut comes from one pass over the images, done now: the prefix
         of a later stage is frozen in every earlier one, so the pretrained weights still
@@ -292,20 +309,18 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
         self.prefix_ = {"cuts": [], "cached": 0, "computed": 0, "seconds": 0.0}
         if self.views == 0:
-            return {}
+            return {}, None
         input_shape = tuple(int(v) for v in backbone.data_config["input_size"])
         chain = NetworkChain.of(model, input_shape)
         if chain is None:
-            return {}
-        image_floats = int(np.prod(input_shape))
+            return {}, None
         stage_cuts = {}
-        for stage, (_, trainable, _) in enumerate(stages):
-            names = [n for g in groups if g.index in trainable for n in g.param_names]
-            cut = chain.cut_for(names)
-            if cut > 0 and int(np.prod(chain.shapes[cut])) <= image_floats:
+        for stage in range(len(stages)):
+            cut = _stage_cut(chain, groups, stages[stage])
+            if _worth_caching(chain, cut):
                 stage_cuts[stage] = cut
         if not stage_cuts:
-            return {}
+            return {}, None
         import time
 
         started = time.perf_counter()
@@ -343,7 +358,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                                   cached_loader(train.arrays[cut], kept_train, self.batch_size,
                                                 shuffle=True),
                                   val_batches)
-        return stages_data
+        return stages_data, chain
 
     def fit(self, X, y, X_val=None, y_val=None):
         """Fine-tune on image paths ``X`` with labels ``y``; returns ``self``."""
@@ -409,8 +424,14 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                         "strategy": self.strategy, "k": int(self.k), "epochs": int(self.epochs),
                         "views": int(self.views)}
         stages = self._stages(groups)
-        cached = self._cached_stages(model, groups, stages, backbone, train_paths, train_labels,
-                                     val_paths, val_labels, augment, skipped)
+        cached, chain = self._cached_stages(model, groups, stages, backbone, train_paths,
+                                            train_labels, val_paths, val_labels, augment, skipped)
+        # The prefix's pretrained weights at each stage's cut, to prove after training that
+        # predictions may run through the same prefix (and its cached activations).
+        pretrained = {} if chain is None else {
+            cut: chain.prefix_digest(cut)
+            for cut in {_stage_cut(chain, groups, stage) for stage in stages}}
+        ran: list[int] = []
 
         history: list[dict] = []
         best_epoch, stopped_early = None, False
@@ -422,6 +443,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             if remaining <= 0:
                 break
             epochs, patience = self._stage_budget(remaining, last, val_loader is not None)
+            ran.append(stage)
             set_trainable(model, groups, trainable)
             param_groups = discriminative_param_groups(model, groups, self.lr, self.lr_factor,
                                                        self.weight_decay)
@@ -451,6 +473,13 @@ class FineTuner(ClassifierMixin, BaseEstimator):
             model.load_state_dict(best_state)
 
         self.groups_ = describe_groups(model, groups)  # "trainable": in the last stage
+        self.prediction_prefix_ = None
+        if chain is not None and ran:
+            # The prefix no stage trained; the last stage's cut, whose activations are cached.
+            cut = min(_stage_cut(chain, groups, stages[stage]) for stage in ran)
+            if _worth_caching(chain, cut) and chain.prefix_digest(cut) == pretrained[cut]:
+                self.prediction_prefix_ = {"cut": chain.cut_name(cut), "weights": pretrained[cut]}
+        self._prefix_chain = (model, chain)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         self.model_ = model.cpu().eval()
@@ -501,14 +530,74 @@ class FineTuner(ClassifierMixin, BaseEstimator):
 
     def _predict_files(self, paths: list[str], pre_logits: bool = False):
         """Probabilities of the readable files in ``paths`` and a mask of which were read;
-        with ``pre_logits``, the features the head sees instead of probabilities."""
+        with ``pre_logits``, the features the head sees instead of probabilities.
+
+        When fitting left the network's first layers pretrained and frozen
+        (``prediction_prefix_``), they run through the fast runtime and their centre-crop
+        activations come from (and go to) the cache fit filled; only the rest runs here.
+        """
+        if not paths:
+            return (np.zeros((0, self.n_features_ if pre_logits else len(self.classes_))),
+                    np.zeros(0, dtype=bool))
+        prefix = self._frozen_prefix()
+        if prefix is not None:
+            return self._predict_files_from_prefix(paths, *prefix, pre_logits=pre_logits)
+        return self._predict_files_eager(paths, pre_logits)
+
+    def _frozen_prefix(self):
+        """``(chain, cut)`` of ``prediction_prefix_`` when the model still holds those
+        weights before the cut and splits into a chain; None otherwise (eager)."""
+        saved = getattr(self, "prediction_prefix_", None)
+        if not saved:
+            return None
+        model, chain = getattr(self, "_prefix_chain", (None, None))
+        if model is not self.model_:
+            from transferkit.train.frozen_prefix import NetworkChain
+
+            input_shape = tuple(int(v) for v in self.data_config_["input_size"])
+            chain = NetworkChain.of(self.model_, input_shape)
+            self._prefix_chain = (self.model_, chain)
+        cut = chain.cut_index(saved["cut"]) if chain is not None else None
+        if not cut or chain.prefix_digest(cut) != saved["weights"]:
+            return None
+        return chain, cut
+
+    def _predict_files_from_prefix(self, paths: list[str], chain, cut: int, pre_logits: bool):
+        import torch
+
+        from transferkit.train.frozen_prefix import ViewPolicy, prefix_activations
+
+        device = _resolve_device(self.device)
+        # The eager path's transform, so the centre view is the one fit cached.
+        activations = prefix_activations(
+            chain, [cut], paths, ViewPolicy(self._eval_transform()), self.backbone_identity_,
+            cache_dir=self.cache_dir, use_cache=self.use_cache, batch_size=self.batch_size,
+            num_workers=self.num_workers, device=device.type, progress=False)
+        inputs = activations.arrays[cut][:, 0]
+        model = self.model_.to(device).eval().to(memory_format=torch.channels_last)
+        tail = chain.tail(cut).eval()
+        rows = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(inputs), self.batch_size):
+                    batch = torch.from_numpy(inputs[start:start + self.batch_size]).to(device)
+                    if batch.ndim == 4:
+                        batch = batch.contiguous(memory_format=torch.channels_last)
+                    out = tail(batch, pre_logits=pre_logits).float()
+                    rows.append((out if pre_logits else torch.softmax(out, 1)).cpu())
+        finally:
+            self.model_ = model.cpu().to(memory_format=torch.contiguous_format)
+        if not rows:
+            width = self.n_features_ if pre_logits else len(self.classes_)
+            return np.zeros((0, width)), activations.ok
+        return torch.cat(rows).numpy().astype(np.float64), activations.ok
+
+    def _predict_files_eager(self, paths: list[str], pre_logits: bool = False):
         import torch
 
         from transferkit.train.data import image_loader
 
         ok = np.zeros(len(paths), dtype=bool)
-        if not paths:
-            return np.zeros((0, len(self.classes_))), ok
         device = _resolve_device(self.device)
         model = self.model_.to(device).eval().to(memory_format=torch.channels_last)
         loader = image_loader(paths, None, self._eval_transform(), self.batch_size, shuffle=False,
@@ -577,6 +666,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
                      "dropout": self.dropout, "module": self.classifier_name_,
                      "n_features": self.n_features_},
             "strategy": self.strategy,
+            **({"prefix": self.prediction_prefix_}
+               if getattr(self, "prediction_prefix_", None) else {}),
             "params": saved_params(self, _NOT_SAVED),
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config_.items()},
             "training": {"best_epoch": self.best_epoch_, "epochs_run": self.epochs_run_,
@@ -604,6 +695,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         # config.json as _save_artifacts writes it (data_config goes to timm as keywords).
         schema = {
             "classes": CLASS_NAMES, "arch": "string", "strategy?": "string",
+            "prefix?": {"cut": "string", "weights": "string"},
             "head": {"kind": "string", "hidden": "integer|null", "dropout": "number",
                      "module": "string", "n_features": "integer"},
             "data_config": {"input_size": ["integer"], "interpolation": "string",
@@ -649,6 +741,9 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         check_classes(folder, classes)  # their number is checked by the head's shape below
         load_weights(folder, WEIGHTS_FILE, model, state,
                      f"a {arch} with a {head['kind']} head for {len(classes)} classes")
+        prediction_prefix = config.get("prefix")
+        if prediction_prefix is not None:
+            _check_saved_prefix(folder, model, arch, prediction_prefix)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         training = config.get("training", {})
@@ -666,5 +761,23 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         estimator.groups_ = training.get("groups", [])
         estimator.validation_ = training.get("validation")
         estimator.skipped_ = []
+        estimator.prediction_prefix_ = prediction_prefix
         return estimator
+
+
+def _check_saved_prefix(folder: Path, model, arch: str, saved: dict) -> None:
+    """The frozen prefix config.json names ends at a layer boundary of ``model`` after at
+    least one layer, and the weights before it are the ones fit recorded: predictions
+    run it separately and share cached activations keyed by those weights."""
+    from transferkit.bundle import REDO_HINT
+    from transferkit.train.frozen_prefix import prefix_digest
+
+    cut = saved["cut"]
+    digest = prefix_digest(model, cut)
+    if digest is None:
+        raise BundleError(f"{folder}/config.json: prefix cut {cut!r} is not a layer boundary "
+                          f"of {arch}; the file was edited. {REDO_HINT}")
+    if digest != saved["weights"]:
+        raise BundleError(f"{folder}/config.json: the weights before prefix cut {cut!r} are "
+                          f"not the ones fit recorded; the file was edited. {REDO_HINT}")
 

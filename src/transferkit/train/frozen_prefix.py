@@ -74,14 +74,16 @@ class Tail(nn.Module):
         self.drop_rate = float(drop_rate)
         self.classifier = classifier
 
-    def forward(self, x):
+    def forward(self, x, pre_logits: bool = False):
+        """Logits, or with ``pre_logits`` the pooled features the classifier sees (timm's
+        ``forward_head(..., pre_logits=True)``)."""
         for step in self.steps:
             x = step(x)
         if self.pool is not None:
             x = self.pool(x)
         if self.drop_rate > 0:  # where timm's forward_head applies the model's drop_rate
             x = F.dropout(x, p=self.drop_rate, training=self.training)
-        return self.classifier(x)
+        return x if pre_logits else self.classifier(x)
 
 
 class Taps(nn.Module):
@@ -175,6 +177,17 @@ class NetworkChain:
             return "pooled"
         return self.step_names[cut] if cut < self.n_steps else "features"
 
+    def cut_index(self, name: str) -> int | None:
+        """The cut :meth:`cut_name` calls ``name``, or None."""
+        names = [self.cut_name(cut) for cut in range(self.pooled + 1)]
+        return names.index(name) if name in names else None
+
+    def prefix_digest(self, cut: int) -> str:
+        """SHA-256 of the weights and buffers before ``cut``: what its activations depend
+        on besides the input, so cache entries never outlive a change to them."""
+        return _steps_digest(list(zip(self.step_names, self.steps)), cut,
+                             self.model.global_pool)
+
     def cut_for(self, trainable_params: list[str]) -> int:
         """The latest cut whose prefix holds none of ``trainable_params`` (0 when the
         first step learns: the image itself)."""
@@ -194,6 +207,30 @@ class NetworkChain:
 
     def taps(self, cuts: list[int]) -> Taps:
         return Taps(self.steps, self.model.global_pool, cuts)
+
+
+def _steps_digest(steps: list[tuple[str, nn.Module]], cut: int, pool: nn.Module) -> str:
+    digest = hashlib.sha256()
+    named = steps[:cut] + ([("global_pool", pool)] if cut > len(steps) else [])
+    for step_name, module in named:
+        for name, tensor in module.state_dict().items():
+            shape = tuple(tensor.shape)
+            tensor = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{step_name}.{name}:{tensor.dtype}:{shape}\n".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def prefix_digest(model: nn.Module, cut_name: str) -> str | None:
+    """:meth:`NetworkChain.prefix_digest` of the cut ``cut_name`` of ``model`` without the
+    probe run that builds a chain (checking a saved model's cut is cheap); None when
+    ``model`` has no such cut or it is the first (an empty prefix)."""
+    steps = _feature_steps(model)
+    names = [name for name, _ in steps] + ["features", "pooled"]
+    pool = getattr(model, "global_pool", None)
+    if cut_name not in names[1:] or not isinstance(pool, nn.Module):
+        return None
+    return _steps_digest(steps, names.index(cut_name), pool)
 
 
 def _classifier_path(model: nn.Module) -> str | None:
@@ -349,8 +386,9 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
                        progress: bool = False) -> PrefixActivations:
     """The chain's activations at ``cuts`` for every view of every image in ``paths``.
 
-    ``backbone_identity`` names the prefix's weights (the network must still hold them:
-    the steps before each cut unchanged since). Entries found in the cache
+    ``backbone_identity`` names the network the prefix comes from; cache entries are
+    keyed by it and by a digest of the prefix's actual weights, so a network whose
+    early layers changed never reads another's activations. Entries found in the cache
     (``cache_dir``, default as the feature cache) are read, the rest computed through
     the fast runtime in one pass that emits every cut, and stored. Unreadable images
     are left out (``ok``) and listed in ``skipped``.
@@ -368,7 +406,7 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
     if root is not None:
         for cut in cuts:
             identity = {"backbone": backbone_identity, "cut": chain.cut_name(cut), "cut_index": cut,
-                        "input_shape": list(input_shape)}
+                        "input_shape": list(input_shape), "weights": chain.prefix_digest(cut)}
             caches[cut] = ActivationCache(root, identity, chain.shapes[cut])
     n_views = policy.n_views
     view_keys = [namespace_key(policy.identity(v)) for v in range(n_views)]
@@ -401,8 +439,10 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
     if todo:
         onnx_path = None
         if root is not None:
+            # The exported graph holds the weights: keyed by them, as the entries are.
             key = namespace_key({"backbone": backbone_identity, "cuts": cuts,
-                                 "input_shape": list(input_shape)})
+                                 "input_shape": list(input_shape),
+                                 "weights": chain.prefix_digest(max(cuts))})
             onnx_path = root / "onnx" / f"prefix-{key}.onnx"
         module = chain.taps(cuts).eval()
         run = make_runtime(module, input_shape, runtime, onnx_path, device=device)
@@ -491,5 +531,5 @@ def cached_loader(activations: np.ndarray, labels, batch_size: int, shuffle: boo
                       collate_fn=_collate_views)
 
 
-__all__ = ["NetworkChain", "Tail", "Taps", "ViewPolicy", "ActivationCache", "PrefixActivations",
-           "prefix_activations", "cached_loader", "CachedViews", "OneViewPerImage"]
+__all__ = ["NetworkChain", "prefix_digest", "Tail", "Taps", "ViewPolicy", "ActivationCache",
+           "PrefixActivations", "prefix_activations", "cached_loader", "CachedViews", "OneViewPerImage"]
