@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "on the training images and report whether transfer hurts")
     fine = parser.add_argument_group("finetune")
     fine.add_argument("--strategy", choices=["head", "last-k", "full", "gradual"])
-    fine.add_argument("--k", type=int, help="groups unfrozen by last-k")
+    fine.add_argument("--k", type=int, help="groups unfrozen by last-k, and how deep gradual "
+                      "unfreezes (default 1)")
     fine.add_argument("--epochs", type=int)
     fine.add_argument("--lr", type=float)
     fine.add_argument("--lr-factor", type=float, help="learning-rate ratio between groups")
