@@ -181,7 +181,7 @@ def render(machine: str, load_end: float, repeats: int, cli: dict[str, list[FitR
         warm_s = statistics.median(r.wall for r in warm)
         line = (f"* Targets: val accuracy ≥ {TARGET_ACCURACY} {verdict(acc >= TARGET_ACCURACY)} "
                 f"({acc:.3f}); cold ≤ {TARGET_COLD_S:.0f} s {verdict(cold_s <= TARGET_COLD_S)} "
-                f"({cold_s:.1f} s); warm ≤ {TARGET_WARM_S:.0f} s "
+                f"({cold_s:.1f} s); warm ≤ {TARGET_WARM_S:g} s "
                 f"{verdict(warm_s <= TARGET_WARM_S)} ({warm_s:.1f} s)")
         if swap:
             line += (f"; swapping the classifier to SVM on cached features: "
