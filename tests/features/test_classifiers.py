@@ -1,5 +1,6 @@
 """Shallow classifiers: accurate on many classes, shaped to scale, described, announced."""
 
+import time
 import warnings
 
 import numpy as np
@@ -117,8 +118,12 @@ def test_a_classifier_fit_is_announced_on_stderr_only_with_progress(capsys):
     with announce_fit(model, len(y), 3, progress=False):
         model.fit(X, y)
     assert capsys.readouterr().err == ""
-    with announce_fit(model, len(y), 3, progress=True):
+    with announce_fit(model, len(y), 3, progress=True):  # a quick fit: nothing to say
         model.fit(X, y)
+    assert capsys.readouterr().err == ""
+    with announce_fit(model, len(y), 3, progress=True, after_seconds=0.05):
+        model.fit(X, y)
+        time.sleep(0.2)  # a fit that outlasts the delay
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "fitting classifier logreg (C=0.1), standardised on 18 images of 3 classes" in captured.err

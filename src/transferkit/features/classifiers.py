@@ -58,6 +58,7 @@ LOGREG_C = 0.1
 SVM_C = 3e-4
 SVM_C_FNE = 1e-3
 CALIBRATION_FOLDS = 3  # the svm's one calibration: more folds cost a fit each, gain nothing
+ANNOUNCE_AFTER_S = 3.0  # a fit longer than this gets a progress line
 MLP_STOPPING_IMAGES = 10  # per class, so that a tenth held out still holds every class
 
 
@@ -290,15 +291,27 @@ def describe_classifier(pipeline) -> str:
 
 
 @contextmanager
-def announce_fit(pipeline, n_images: int, n_classes: int, progress: bool):
-    """With ``progress``: one line on stderr before a classifier fit and one after, so a
-    fit of many seconds is not mistaken for a hang."""
+def announce_fit(pipeline, n_images: int, n_classes: int, progress: bool,
+                 after_seconds: float = ANNOUNCE_AFTER_S):
+    """With ``progress``: a line on stderr once a classifier fit has run ``after_seconds``,
+    and its time when it ends, so a fit of many seconds is not mistaken for a hang while
+    the usual sub-second fit prints nothing."""
     if not progress:
         yield
         return
-    print(f"fitting classifier {describe_classifier(pipeline)} on {n_images} images of "
-          f"{n_classes} classes …", file=sys.stderr, flush=True)
+    import threading
+
     start = time.perf_counter()
-    yield
-    print(f"classifier fitted in {time.perf_counter() - start:.1f} s", file=sys.stderr,
-          flush=True)
+    message = (f"fitting classifier {describe_classifier(pipeline)} on {n_images} images of "
+               f"{n_classes} classes …")
+    timer = threading.Timer(after_seconds, print, (message,),
+                            {"file": sys.stderr, "flush": True})
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+    if time.perf_counter() - start >= after_seconds:
+        print(f"classifier fitted in {time.perf_counter() - start:.1f} s", file=sys.stderr,
+              flush=True)
