@@ -53,6 +53,22 @@ def namespace_key(identity: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def namespace_folder(parent: Path, identity: dict, meta_name: str, what: str) -> Path:
+    """``parent/namespace_key(identity)``, created, with ``identity`` written beside the
+    entries as ``meta_name`` (for whoever looks inside the cache)."""
+    folder = Path(parent) / namespace_key(identity)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheError(f"cannot create the {what} in {folder} ({exc}). "
+                         "Pass --cache-dir (cache_dir) to a writable folder.") from exc
+    meta = folder / meta_name
+    if not meta.exists():
+        write_bytes_atomic(meta, json.dumps(identity, indent=2, sort_keys=True,
+                                            default=str).encode())
+    return folder
+
+
 class FeatureCache:
     """Feature vectors of one extractor, addressed by image content hash."""
 
@@ -60,16 +76,8 @@ class FeatureCache:
         self.root = Path(root).expanduser()
         self.identity = identity
         self.dim = dim
-        self.folder = self.root / "features" / namespace_key(identity)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the feature cache in {self.folder} ({exc}). "
-                             "Pass --cache-dir to a writable folder.") from exc
-        meta = self.folder / "extractor.json"
-        if not meta.exists():
-            write_bytes_atomic(meta, json.dumps(identity, indent=2, sort_keys=True,
-                                                default=str).encode())
+        self.folder = namespace_folder(self.root / "features", identity, "extractor.json",
+                                       "feature cache")
         self.n_invalid = 0
 
     def _path(self, key: str) -> Path:

@@ -22,7 +22,6 @@ chain's activations at given cuts for image files under a :class:`ViewPolicy`.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +35,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from transferkit.data.images import load_image, open_regular_file
 from transferkit.errors import CacheError, ImageDecodeError
-from transferkit.features.cache import file_digest, namespace_key, resolve_cache_dir
+from transferkit.features.cache import (
+    file_digest,
+    namespace_folder,
+    namespace_key,
+    resolve_cache_dir,
+)
 from transferkit.outputs import write_bytes_atomic
 
 # Containers whose children are the network's stages, in forward order (timm's names).
@@ -320,16 +324,8 @@ class ActivationCache:
     def __init__(self, root: str | Path, identity: dict, shape: tuple[int, ...]):
         self.identity = identity
         self.shape = tuple(shape)
-        self.folder = Path(root).expanduser() / "activations" / namespace_key(identity)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheError(f"cannot create the activation cache in {self.folder} ({exc}). "
-                             "Pass cache_dir (--cache-dir) to a writable folder.") from exc
-        meta = self.folder / "prefix.json"
-        if not meta.exists():
-            write_bytes_atomic(meta, json.dumps(identity, indent=2, sort_keys=True,
-                                                default=str).encode())
+        self.folder = namespace_folder(Path(root).expanduser() / "activations", identity,
+                                       "prefix.json", "activation cache")
 
     def _path(self, digest: str, view_key: str) -> Path:
         return self.folder / digest[:2] / f"{digest}-{view_key}.safetensors"
