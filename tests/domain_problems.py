@@ -131,3 +131,24 @@ def colour_shift_problem():
         baseline = np.mean([DeepSourceOnly(epochs=6, batch_size=32, random_state=seed)
                             .fit(X, y).score(test, truth) for seed in (0, 1)])
     return X, y, Xt, yt, test, truth, baseline
+
+
+def photo_pair(root, per_class: int = 6):
+    """Red vs blue squares as JPEG files, a source domain (48 px) and a target (40 px),
+    for fitting the deep methods on a pretrained backbone: ``(source, y, target, yt)``
+    with paths as strings."""
+    from builders import CLASS_COLOURS, colour_image
+
+    def domain(name, size, seed):
+        paths, labels = [], []
+        for label, colour in enumerate(("red", "blue")):
+            for i in range(per_class):
+                path = root / name / f"{colour}{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                colour_image(CLASS_COLOURS[colour], size=size, seed=seed + 10 * label + i) \
+                    .save(path, quality=90)
+                paths.append(str(path))
+                labels.append(label)
+        return paths, np.array(labels)
+
+    return (*domain("source", 48, 0), *domain("target", 40, 500))

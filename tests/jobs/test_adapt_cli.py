@@ -54,7 +54,8 @@ def test_adapt_writes_the_summary_with_every_number(domains, capsys):
                        "--target", str(domains / "target"),
                        "--target-labelled", str(domains / "labelled"),
                        "--target-test", str(domains / "test"),
-                       "--method", "dann", "--epochs", "2", "--out", str(out))
+                       "--method", "dann", "--backbone", "digit-cnn", "--epochs", "2",
+                       "--out", str(out))
     for key in ("source_only_accuracy", "adapted_accuracy", "oracle_accuracy"):
         assert 0.0 <= summary[key] <= 1.0
     gap = summary["oracle_accuracy"] - summary["source_only_accuracy"]
@@ -148,8 +149,10 @@ def test_adapt_refuses_an_empty_target_and_unknown_target_classes(domains, capsy
 
 
 def test_adapt_demo_runs_embedded(tmp_path, capsys):
-    summary = run_json(capsys, "adapt", "--demo", "--epochs", "1", "--out", str(tmp_path / "demo"))
+    summary = run_json(capsys, "adapt", "--demo", "printed-to-handwritten", "--epochs", "1",
+                       "--out", str(tmp_path / "demo"))
     assert summary["n_source"] == 2000 and summary["n_target"] == 898
+    assert "failure case" in summary["demo"]  # and says why
     assert summary["oracle_accuracy"] is not None and summary["gap_closed"] is not None
     assert (tmp_path / "demo" / "run" / "domain_map.png").is_file()
     assert "printed digits" in (tmp_path / "demo" / "run" / "report.html").read_text(encoding="utf-8")

@@ -30,7 +30,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from transferkit.errors import DataError
 from transferkit.features.classifiers import LbfgsLinearSVC
 from transferkit.features.fne import FullNetworkEmbedding
-from transferkit.methods.domain._base import SourceOnly, TargetOracle
+from transferkit.methods.domain._base import IsotropicScaler, SourceOnly, TargetOracle
 from transferkit.methods.domain.coral import CORAL, CORALTransformer
 from transferkit.methods.domain.kmm import KMM
 from transferkit.methods.domain.reweight import ImportanceReweighting
@@ -99,6 +99,7 @@ ESTIMATORS = [
     PrototypeClassifier(),
     PrototypeClassifier("euclidean", "nearest"),
     CORALTransformer(),
+    IsotropicScaler(),
     SubspaceAlignmentTransformer(),
     TCATransformer(n_components=2, max_samples=60),
     FullNetworkEmbedding(),

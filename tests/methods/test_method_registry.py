@@ -34,8 +34,8 @@ def test_every_registered_name_builds_an_unfitted_estimator(name):
 
 def test_families_give_the_command_choices():
     assert list_methods(family="classifier") == ["linear_probe", "fne", "finetune"]
-    assert list_methods(family="domain-deep") == ["dann", "dan", "deep-coral", "adda",
-                                                  "domain-confusion", "drcn"]
+    assert list_methods(family="domain-deep") == ["dann", "cdan", "mcc", "dan", "deep-coral",
+                                                  "adda", "domain-confusion", "drcn"]
     assert list_methods(family="domain-shallow") == ["coral", "subspace", "tca", "kmm",
                                                      "reweight"]
     assert list_methods(family="classifier", refits_cheaply=True) == ["linear_probe", "fne"]

@@ -292,6 +292,7 @@ def _command(name: str, data: Path, out: Path, tiny: list[str], monkeypatch) -> 
                 "--out", str(out)]
     if name == "adapt --demo":
         monkeypatch.setattr(digits, "render_printed_digits", _explode)
+        monkeypatch.setattr(digits, "handwritten_to_photo_blended", _explode)
         return ["adapt", "--demo", "--epochs", "1", "--out", str(out)]
     if name == "autoencoder":
         monkeypatch.setattr(autoencoder_job, "_read", _explode)

@@ -213,3 +213,35 @@ def test_precision_can_change_within_one_process():
                           config(epochs=1, precision=precision))
         assert math.isfinite(result.history[0]["train_loss"])
         assert make_accelerator("cpu", precision).mixed_precision == {"bf16": "bf16", "fp32": "no"}[precision]
+
+
+def test_annealed_schedule_is_ganin_and_lempitskys():
+    schedule = make_schedule("annealed", total_steps=100)
+    for step in (0, 25, 50, 100):
+        assert schedule(step) == pytest.approx((1 + 10 * step / 100) ** -0.75)
+    assert schedule(200) == pytest.approx(11 ** -0.75)  # progress is capped at 1
+
+
+def test_a_monitor_from_evaluate_chooses_the_kept_epoch(tmp_path):
+    """``evaluate``'s numbers join each row; ``monitor``/``monitor_mode`` pick the epoch
+    whose weights are kept, here a made-up score that peaks at epoch 3."""
+    model = mlp()
+    train, val = loaders()
+    scores = iter([0.1, 0.5, 0.9, 0.2, 0.3, 0.4])
+    snapshots = []
+
+    def evaluate(network):
+        snapshots.append({k: v.clone() for k, v in network.state_dict().items()})
+        return {"score": next(scores)}
+
+    result = fit_loop(model, groups_of(model), train, val, classify,
+                      config(monitor="score", monitor_mode="max", restore_best=True), tmp_path,
+                      evaluate=evaluate)
+    assert [row["score"] for row in result.history] == [0.1, 0.5, 0.9, 0.2, 0.3, 0.4]
+    assert result.best_epoch == 3
+    kept = result.model.state_dict()
+    assert all(torch.equal(kept[k], snapshots[2][k]) for k in kept)
+    with open(tmp_path / "metrics.csv") as handle:
+        assert "score" in next(csv.reader(handle))
+    with pytest.raises(TrainConfigError, match="monitor_mode"):
+        config(monitor_mode="up").validate()

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # torch is imported lazily: a full feature-cache hit never ne
     from torch import nn
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+# Not a registry backbone: the name under which the deep domain-adaptation methods train
+# Ganin & Lempitsky's small digit network from scratch on 32×32 images.
+DIGIT_BACKBONE = "digit-cnn"
 
 _REGISTRY: dict[str, "BundledSpec"] = {}
 

@@ -15,6 +15,12 @@ underlying handwritten digit is in both domains.
 TrueType fonts on the machine (matplotlib's bundled DejaVu fonts at least), and
 :func:`write_image_folder` writes any domain as ``root/<digit>/<index>.png`` for the
 extractors and the command line.
+
+Two domains need no download at all: :func:`sklearn_handwritten_digits` (the UCI digits
+bundled with scikit-learn) and :func:`blend_over_photos`, which puts any digit domain over
+colour patches of the photos bundled with scikit-image, the recipe of MNIST-M;
+:func:`handwritten_to_photo_blended` pairs them as a source and a target with no
+handwritten digit in both.
 """
 
 from __future__ import annotations
@@ -316,3 +322,100 @@ def render_printed_digits(n: int, random_state=0, size: int = 32) -> DigitDomain
             picture = picture.filter(ImageFilter.GaussianBlur(radius))
         images[i] = np.asarray(picture.resize((size, size), Image.LANCZOS))
     return DigitDomain("printed", images, labels, np.arange(n, dtype=np.int64))
+
+
+# -- domains bundled with scikit-learn and scikit-image ------------------------------------
+
+# Colour photographs inside scikit-image's wheel, by their skimage.data loader (read from
+# the installed package: no download): an astronaut, a cat, a cup of coffee, a rocket
+# launch, a motorcycle (left stereo view). Varied colours and textures, like the BSDS500
+# photos behind MNIST-M.
+BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
+
+
+def sklearn_handwritten_digits() -> DigitDomain:
+    """scikit-learn's bundled handwritten digits (UCI, 1797 images of 8×8, grey levels
+    0–16 scaled to 0–255, white digit on black); index = row 0..1796."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    return DigitDomain("handwritten (UCI, scikit-learn)", images,
+                       digits.target.astype(np.int64), np.arange(len(images), dtype=np.int64))
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_photos() -> tuple[np.ndarray, ...]:
+    """The :data:`BUNDLED_PHOTOS`, each ``(H, W, 3)`` uint8 (decoded once per process)."""
+    try:
+        from skimage import data
+    except ImportError as exc:  # pragma: no cover - scikit-image is a dependency
+        raise DataError("blending digits over photos needs scikit-image: "
+                        "pip install scikit-image") from exc
+    photos = []
+    for loader in BUNDLED_PHOTOS:
+        try:
+            photo = getattr(data, loader)()
+        except Exception as exc:  # pragma: no cover - a broken scikit-image install
+            raise DataError(f"scikit-image's bundled photo {loader!r} could not be read "
+                            f"({exc}); reinstall scikit-image.") from exc
+        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pair: left view
+        photos.append(np.ascontiguousarray(photo[..., :3], dtype=np.uint8))
+    return tuple(photos)
+
+
+def blend_over_photos(domain: DigitDomain, random_state=0, photos=None,
+                      name: str | None = None) -> DigitDomain:
+    """Every digit blended over a colour patch of a photo: the MNIST-M recipe.
+
+    Ganin & Lempitsky 2015, §5 (Ganin et al. 2016, JMLR, §5.2): MNIST-M blends MNIST
+    digits over patches cut at random from colour photos (BSDS500) as ``|patch − digit|``
+    per channel, so a stroke shows the patch's colours inverted and the background the
+    patch itself. Each image gets a patch of its own size at a random place in a random
+    photo (``photos``: ``(H, W, 3)`` uint8 arrays, default :func:`bundled_photos`), at the
+    photo's own scale. Grey digits are repeated to three channels; the labels and indices
+    stay those of ``domain``.
+    """
+    photos = bundled_photos() if photos is None else tuple(photos)
+    if not photos:
+        raise DataError("no photos to blend the digits over.")
+    images = np.asarray(domain.images)
+    if images.ndim == 3:
+        images = np.repeat(images[..., None], 3, axis=3)
+    if images.ndim != 4 or images.shape[3] != 3:
+        raise DataError(f"{domain.name}: digit images must be (N, H, W) or (N, H, W, 3), got "
+                        f"shape {images.shape}.")
+    height, width = images.shape[1:3]
+    for photo in photos:
+        if photo.ndim != 3 or photo.shape[0] < height or photo.shape[1] < width:
+            raise DataError(f"a photo of shape {photo.shape} cannot give {height}×{width} "
+                            "colour patches.")
+    rng = np.random.default_rng(random_state)
+    blended = np.empty(images.shape, dtype=np.uint8)
+    for i, digit in enumerate(images):
+        photo = photos[int(rng.integers(len(photos)))]
+        top = int(rng.integers(photo.shape[0] - height + 1))
+        left = int(rng.integers(photo.shape[1] - width + 1))
+        patch = photo[top:top + height, left:left + width, :3].astype(np.int16)
+        blended[i] = np.abs(patch - digit.astype(np.int16)).astype(np.uint8)
+    return DigitDomain(name or f"{domain.name} over photos", blended, domain.labels.copy(),
+                       domain.index.copy())
+
+
+def handwritten_to_photo_blended(size: int = 32, random_state=0,
+                                 target_fraction: float = 0.5) -> DomainSplit:
+    """scikit-learn's handwritten digits → the *other* handwritten digits over photos.
+
+    The 1797 digits are resized to ``size``×``size`` (bilinear) and split, stratified and
+    seeded: ``1 − target_fraction`` stay plain (white on black) as the labelled source;
+    the rest are blended over patches of :func:`bundled_photos` (:func:`blend_over_photos`)
+    and cut in halves, ``target_adapt`` (for adaptation; its labels only for an oracle) and
+    ``target_test`` (for scoring). No handwritten digit is in both domains. Nothing to
+    download: the shift of MNIST → MNIST-M at the size of a demo.
+    """
+    digits = resize_domain(sklearn_handwritten_digits(), size)
+    source, target = split_labelled(digits, target_fraction, random_state)
+    target = blend_over_photos(target, random_state=random_state,
+                               name="handwritten over photos (scikit-image)")
+    adapt, test = split_labelled(target, 0.5, random_state)
+    return DomainSplit(source, adapt, test)

@@ -244,6 +244,7 @@ class AutoencoderInitialisedClassifier(DeepSourceOnly):
         self.run_dir = run_dir
 
     adaptation_weight = 0.0  # DeepSourceOnly's attribute; nothing is adapted here
+    backbone = "digit-cnn"  # the autoencoder's encoder is the digit network's
 
     def fit(self, X, y, X_unlabelled=None):
         if self.encoder_lr_factor < 0:

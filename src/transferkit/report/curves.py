@@ -36,8 +36,21 @@ def plot_learning_curves(history: list[dict], path: str | os.PathLike, title: st
 
 
 def draw_learning_curves(figure, history: list[dict], title: str | None = None) -> None:
-    """Draw loss and accuracy per epoch on ``figure`` (shared by the PNG and the HTML report)."""
-    axes = figure.subplots(1, 2)
+    """Draw loss and accuracy per epoch on ``figure`` (shared by the PNG and the HTML report),
+    and a domain-adaptation run's label-free criterion (``snd``) when it has one."""
+    criteria = [(key, _series(history, key)) for key in ("dev", "snd")]
+    criteria = [(key, series) for key, series in criteria if series[0]]
+    axes = figure.subplots(1, 2 + len(criteria))
+    for ax, (key, (x, y)) in zip(axes[2:], criteria):
+        ax.plot(x, y, "-^", markersize=3, color="tab:green", label=key.upper())
+        best = (min if key == "dev" else max)(range(len(y)), key=y.__getitem__)
+        ax.plot([x[best]], [y[best]], "*", markersize=10, color="tab:red",
+                label="best (lower)" if key == "dev" else "best (higher)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel({"dev": "deep embedded validation risk",
+                       "snd": "soft neighbourhood density"}[key], fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend()
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             x, y = _series(history, f"{split}_{metric}")

@@ -415,7 +415,18 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
         facts.append(["MMD (RBF kernel)", f"{_number(summary['mmd_before'], '.3f')} before, "
                                           f"{_number(summary.get('mmd_after'), '.3f')} after"])
     if summary.get("backbone"):
-        facts.append(["backbone", _esc(summary["backbone"])])
+        trained = summary.get("trainable_groups")
+        facts.append(["backbone", _esc(summary["backbone"]) + (
+            "" if trained is None else f" (last {trained} layer group(s) trained from "
+            f"<code>{_esc(summary.get('cut', '?'))}</code> on, the rest frozen and cached)")])
+    if summary.get("criterion"):
+        facts.append(["label-free criterion", _esc(summary["criterion"]) + {
+            "snd": " (soft neighbourhood density of the target predictions; the epoch with "
+                   "the highest was kept)",
+            "dev": " (deep embedded validation: the held-out source risk re-weighted to the "
+                   "target; the epoch with the lowest was kept)"}.get(summary["criterion"], "")])
+    if summary.get("adaptation_weight") is not None:
+        facts.append(["adaptation weight", _number(summary["adaptation_weight"], "g")])
     if summary.get("seconds") is not None:
         facts.append(["wall time", f"{_number(summary['seconds'], '.1f')} s"])
     if summary.get("demo"):
@@ -427,6 +438,15 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
              "2(1 − 2ε) for a domain classifier's held-out error ε: 0 when the domains are "
              "indistinguishable, 2 when they are fully separable. MMD: the distance between the "
              "domains' kernel mean embeddings (0 for identical distributions).</p>"]
+    if summary.get("weight_selection"):
+        out.append("<h2>Adaptation weight chosen without target labels</h2>" + _table(
+            ["adaptation weight", "criterion (higher is better; DEV negated)",
+             "target test accuracy"],
+            [[_number(row["adaptation_weight"], "g"), _number(row["criterion"], ".4f"),
+              acc(row.get("target_accuracy"))] for row in summary["weight_selection"]])
+            + "<p class=\"muted\">Each weight is a full fit; the one with the highest "
+              "criterion is the method's row above. Target accuracy is shown for the "
+              "reader, never used to choose.</p>")
     if (run_dir / "domain_map.png").is_file():
         out.append("<h2>Domain maps</h2><p class=\"muted\">2-D PCA of source (blue) and target "
                    "(orange) features, before adaptation (source-only model) and after.</p>"

@@ -84,8 +84,12 @@ class TrainConfig:
     schedule: str = "cosine"  # "cosine" (linear warm-up + cosine), "onecycle", "constant"
     warmup_fraction: float = 0.1
     grad_clip: float | None = 1.0  # max global gradient norm; None disables
-    patience: int | None = 3  # epochs without val-loss improvement before stopping
+    patience: int | None = 3  # epochs without improvement of ``monitor`` before stopping
     restore_best: bool = True
+    # The metrics row entry that early stopping and restore_best follow: "val_loss", or a
+    # key ``fit_loop``'s ``evaluate`` adds (a label-free criterion in domain adaptation).
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"  # "min" or "max": whether lower or higher is better
     device: str = "auto"  # "auto", "cpu" or "cuda"
     precision: str = "fp32"  # "fp32", "bf16" or "fp16" (fp16 needs a GPU)
     channels_last: bool = True
@@ -102,6 +106,8 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise TrainConfigError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}.")
         check_device_and_precision(self.device, self.precision)
+        if self.monitor_mode not in ("min", "max"):
+            raise TrainConfigError(f"monitor_mode must be 'min' or 'max', got {self.monitor_mode!r}.")
         if self.patience is not None and self.patience < 1:
             raise TrainConfigError(f"patience must be >= 1 or None, got {self.patience}.")
 
@@ -214,7 +220,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
              run_dir: str | os.PathLike | None = None,
              callbacks: Iterable[Callable[[dict], None]] = (),
              data_digest: str | None = None,
-             settings: dict | None = None) -> TrainResult:
+             settings: dict | None = None,
+             evaluate: Callable[[nn.Module], dict] | None = None) -> TrainResult:
     """Train ``model`` in place; return the history and which epoch's weights were kept.
 
     ``param_groups``: optimiser groups (each with its own ``lr``), e.g. from
@@ -226,6 +233,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     :func:`transferkit.train.checkpoint.data_fingerprint`, for a caller that trains
     several times on the same data (computed from the loaders when None).
     ``settings``: the method's own settings a checkpoint must match too (JSON-able).
+    ``evaluate``: called with the (unwrapped, eval-mode) model after each epoch; the
+    numbers it returns join the metrics row, and ``config.monitor`` may name one of them.
     """
     from accelerate.utils import set_seed
 
@@ -299,12 +308,19 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "lr": max(g["lr"] for g in optimizer.param_groups),
                "seconds": round(time.perf_counter() - started, 3)}
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                row.update(evaluate(accelerator.unwrap_model(model)))
         history.append(row)
 
         improved = False
-        if val_loss is not None and not math.isnan(val_loss):
-            if val_loss < best_loss:
-                best_loss, best_epoch, bad_epochs, improved = val_loss, epoch, 0, True
+        monitored = row.get(config.monitor)
+        if monitored is not None and not math.isnan(monitored):
+            # best_loss holds the monitored value, negated when higher is better.
+            value = monitored if config.monitor_mode == "min" else -monitored
+            if value < best_loss:
+                best_loss, best_epoch, bad_epochs, improved = value, epoch, 0, True
                 best_state = _state_dict(accelerator, model)
             else:
                 bad_epochs += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-SCHEDULES = ("cosine", "onecycle", "constant")
+SCHEDULES = ("cosine", "onecycle", "constant", "annealed")
 
 
 class WarmupCosine:
@@ -61,6 +61,20 @@ class WarmupConstant:
         return (step + 1) / (self.warmup_steps + 1) if step < self.warmup_steps else 1.0
 
 
+class Annealed:
+    """Ganin & Lempitsky 2015's annealing, 1 / (1 + α p)^β over training progress p ∈ [0, 1]
+    (α = 10, β = 0.75: the base rate falls to ~0.17 of itself), used by DANN and the
+    domain-adaptation methods after it; no warm-up."""
+
+    def __init__(self, total_steps: int, alpha: float = 10.0, beta: float = 0.75):
+        self.total_steps = max(1, int(total_steps))
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, step / self.total_steps)
+        return (1.0 + self.alpha * progress) ** -self.beta
+
+
 def make_schedule(kind: str, total_steps: int, warmup_fraction: float = 0.1):
     """The multiplier function for ``torch.optim.lr_scheduler.LambdaLR``."""
     warmup = int(round(warmup_fraction * total_steps))
@@ -70,4 +84,6 @@ def make_schedule(kind: str, total_steps: int, warmup_fraction: float = 0.1):
         return OneCycle(total_steps)
     if kind == "constant":
         return WarmupConstant(total_steps, warmup)
+    if kind == "annealed":
+        return Annealed(total_steps)
     raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}.")

@@ -10,17 +10,29 @@ where ``f`` is the feature extractor, ``p ∈ [0, 1]`` the training progress and
 runs in the project's one loop (:func:`transferkit.train.fit_loop`): device, precision,
 schedules, checkpoints and ``metrics.csv`` come from there.
 
-The network is the "MNIST architecture" of Ganin & Lempitsky (2015, Fig. 4 /
-supplementary), :class:`transferkit.nets.digits.DigitNetwork`: conv 5×5 (32) → max-pool
-→ ReLU → conv 5×5 (48) → max-pool → ReLU as the feature extractor; label predictor FC
-100 → FC 100 → classes. It takes 32×32 RGB images (grey ones are repeated to three
-channels) and trains on a CPU in minutes.
+The network depends on ``backbone``:
 
-Inputs are image arrays ``(N, H, W)`` or ``(N, H, W, 3)`` (uint8 0–255 or float 0–1) of
-one size; :func:`transferkit.data.digits` and ``transferkit adapt`` provide them.
+* ``"digit-cnn"`` (:data:`DIGIT_BACKBONE`): the "MNIST architecture" of Ganin & Lempitsky
+  (2015, Fig. 4 / supplementary), :class:`transferkit.nets.digits.DigitNetwork`: conv 5×5
+  (32) → max-pool → ReLU → conv 5×5 (48) → max-pool → ReLU as the feature extractor;
+  label predictor FC 100 → FC 100 → classes, trained from scratch. Inputs are image
+  arrays ``(N, H, W)`` or ``(N, H, W, 3)`` (uint8 0–255 or float 0–1) of 32×32 pixels
+  (grey ones are repeated to three channels); :mod:`transferkit.data.digits` and
+  ``transferkit adapt`` provide them. Minutes on a CPU.
+* a registry backbone (``"efficientnet_lite0"``, a timm name, ...): the pretrained network
+  → a bottleneck → the classifier, on image *files*; the early layer groups stay frozen
+  and run once per image and view through the activation cache (see
+  :mod:`transferkit.methods.domain._pretrained`).
+
+``backbone=None`` picks the digit network for image arrays and the default registry
+backbone for image files. The methods' alignment terms see a :class:`DomainBatch`:
+features (the bottleneck's output for a pretrained backbone) and logits of both domains.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -29,7 +41,36 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.data.validation import UNLABELLED
 from transferkit.errors import DataError
 
+if TYPE_CHECKING:
+    import torch
+from transferkit.backbones.registry import DIGIT_BACKBONE
+
 INPUT_SIZE = 32
+# Label-free criteria that pick the epoch (``criterion``), and whether higher or lower is
+# better: soft neighbourhood density and deep embedded validation
+# (:mod:`transferkit.evaluate.selection`).
+CRITERIA = {"snd": "max", "dev": "min"}
+CRITERION_SAMPLE = 500  # source-train (and target) rows DEV's domain classifier sees per epoch
+# Optimisers and learning-rate schedules of the deep methods (``schedule``):
+# "adamw": AdamW with linear warm-up and cosine decay; "sgd-annealed": Ganin & Lempitsky
+# 2015's protocol, SGD with momentum 0.9 and the rate annealed as 1 / (1 + 10 p)^0.75
+# (also the Transfer-Learning-Library's for pretrained backbones).
+SCHEDULES = {"adamw": {"optimizer": "adamw", "schedule": "cosine"},
+             "sgd-annealed": {"optimizer": "sgd", "schedule": "annealed", "momentum": 0.9}}
+
+
+@dataclass
+class DomainBatch:
+    """What an alignment term sees of one training batch: the features and logits of the
+    source and target halves (one forward pass per domain), the training progress
+    ``p ∈ [0, 1]`` and the target inputs themselves (for a reconstruction loss)."""
+
+    source_features: "torch.Tensor"
+    target_features: "torch.Tensor"
+    source_logits: "torch.Tensor"
+    target_logits: "torch.Tensor"
+    progress: float
+    target_inputs: "torch.Tensor"
 
 
 def images_to_tensor(images) -> "torch.Tensor":
@@ -59,23 +100,32 @@ def images_to_tensor(images) -> "torch.Tensor":
 
 
 class PairedDomains:
-    """Dataset of ``(x_s, y_s, x_t)``: each source image with a random target image.
+    """Dataset of ``(x_s, y_s, x_t)``: each source item with a random target item.
 
-    One epoch visits every source image once; the target partner is drawn with torch's
-    global RNG (seeded and checkpointed by the training loop).
+    One epoch visits every source item once, or ``length`` items (indices wrap around the
+    source) when given. The target partner is drawn with torch's global RNG (seeded and
+    checkpointed by the training loop). With ``views``, rows are ``(views, ...)`` stacks
+    (cached activations of augmented crops) and each draw takes one view at random.
     """
 
-    def __init__(self, source, labels, target):
+    def __init__(self, source, labels, target, views: bool = False, length: int | None = None):
         self.source, self.labels, self.target = source, labels, target
+        self.views = views
+        self.length = len(source) if length is None else int(length)
 
     def __len__(self) -> int:
-        return len(self.source)
+        return self.length
 
     def __getitem__(self, index: int):
         import torch
 
+        index = index % len(self.source)
         partner = int(torch.randint(len(self.target), ()))
-        return self.source[index], self.labels[index], self.target[partner]
+        source, target = self.source[index], self.target[partner]
+        if self.views:
+            source = source[int(torch.randint(len(source), ()))]
+            target = target[int(torch.randint(len(target), ()))]
+        return source, self.labels[index], target
 
 
 def _validation_step(model, batch):
@@ -118,11 +168,17 @@ def target_batchnorm_statistics(model, target, batch_size: int = 1024) -> None:
 
 
 class DomainTensors:
-    """One fit's data as tensors: the labelled source, the target, the labelled target rows."""
+    """One fit's data as tensors: the labelled source, the target, the labelled target rows.
 
-    def __init__(self, source, labels, target, target_labelled, target_labels):
+    With ``views`` every row is a ``(views, ...)`` stack (view 0 the centre crop), as the
+    pretrained backbones' cached activations are; ``length``: items per training epoch.
+    """
+
+    def __init__(self, source, labels, target, target_labelled, target_labels,
+                 views: bool = False, length: int | None = None):
         self.source, self.labels, self.target = source, labels, target
         self.target_labelled, self.target_labels = target_labelled, target_labels
+        self.views, self.length = views, length
 
     def pooled_labelled(self):
         """Source and labelled target rows together (both join the classification loss)."""
@@ -130,6 +186,10 @@ class DomainTensors:
 
         return (torch.cat([self.source, self.target_labelled]),
                 torch.cat([self.labels, self.target_labels]))
+
+    def centre(self, rows):
+        """``rows`` as single inputs: the centre view of each when rows hold views."""
+        return rows[:, 0] if self.views else rows
 
 
 class DeepSourceOnly(ClassifierMixin, BaseEstimator):
@@ -146,12 +206,41 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
     monitor the source validation loss in ``history_`` (target labels are never used).
     A fitted adapting method is a model *of the target*: its BatchNorm statistics are
     re-estimated on ``Xt`` (AdaBN), as its training normalised each domain separately.
+
+    ``backbone``: see the module docstring. For a pretrained backbone: ``trainable`` last
+    layer groups train (0: only the bottleneck and heads; the rest is frozen and cached),
+    at ``lr`` × :data:`BACKBONE_LR_FACTOR`; ``bottleneck`` its width; ``views`` augmented
+    crops per image are cached besides the centre crop. ``criterion`` keeps the epoch
+    with the best label-free score (:mod:`transferkit.evaluate.selection`): ``"dev"``,
+    deep embedded validation (the held-out source risk re-weighted to the target), or
+    ``"snd"``, the soft neighbourhood density of the target predictions; ``None`` keeps
+    the last epoch. Both are recorded in ``history_`` whenever one is chosen.
+    ``epochs``, ``lr``, ``batch_size``, ``schedule`` (``"adamw"`` or ``"sgd-annealed"``,
+    see :data:`SCHEDULES`) default per backbone: 20 epochs of AdamW at 1e-3 on 64 images
+    for the digit network; 10 epochs (of max(n_source, n_target) images) of SGD at 0.01 on
+    32 + 32 images, annealed, for a pretrained backbone (the Transfer-Learning-Library's
+    Office-31 protocol, shortened for a CPU).
     """
 
-    def __init__(self, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
-                 adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
+    # Methods made for the digit network only (they rebuild images or split its layers).
+    digit_only = False
+    # Defaults of the settings a subclass's own __init__ may leave out.
+    backbone = None
+    schedule = None
+    trainable = 0
+    bottleneck = 256
+    views = 4
+    criterion = None
+    cache_dir = None
+    use_cache = True
+
+    def __init__(self, epochs: int | None = None, batch_size: int | None = None,
+                 lr: float | None = None, adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
                  device: str = "auto", random_state: int = 0, progress: bool = False,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, backbone: str | None = None,
+                 schedule: str | None = None, trainable: int = 0, bottleneck: int = 256,
+                 views: int = 4, criterion: str | None = None, cache_dir=None,
+                 use_cache: bool = True):
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -162,16 +251,40 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.progress = progress
         self.run_dir = run_dir
+        self.backbone = backbone
+        self.schedule = schedule
+        self.trainable = trainable
+        self.bottleneck = bottleneck
+        self.views = views
+        self.criterion = criterion
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
 
     # -- hooks for the methods ---------------------------------------------------------
     def _extra_modules(self, n_features: int) -> dict:
         """Modules the method trains beside the network (e.g. a domain classifier)."""
         return {}
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float,
-                         target_images):
+    def _adaptation_loss(self, model, batch: DomainBatch):
         """The alignment term for one batch (a scalar tensor); none for source only."""
         return None
+
+    # -- settings that depend on the backbone ------------------------------------------
+    def _pretrained(self) -> bool:
+        """Whether this fit adapts a pretrained registry backbone (set by :meth:`fit`)."""
+        return getattr(self, "_inputs", None) is not None and self._inputs.pretrained
+
+    def _settings(self) -> dict:
+        """lr, batch size and optimiser for this fit, with the backbone's defaults filled in."""
+        pretrained = self._pretrained()
+        schedule = self.schedule or ("sgd-annealed" if pretrained else "adamw")
+        if schedule not in SCHEDULES:
+            raise DataError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}.")
+        lr = self.lr if self.lr is not None else (0.01 if schedule == "sgd-annealed" else 1e-3)
+        batch_size = self.batch_size if self.batch_size is not None else (32 if pretrained else 64)
+        epochs = self.epochs if self.epochs is not None else (10 if pretrained else 20)
+        return {"lr": float(lr), "batch_size": int(batch_size), "epochs": int(epochs),
+                "weight_decay": 1e-3 if pretrained else 1e-4, **SCHEDULES[schedule]}
 
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X, y, Xt=None, yt=None):
@@ -179,21 +292,55 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         model, self.history_ = self._train(data)
         self.model_ = model.cpu().eval()
         if len(data.target) and self._per_domain_batchnorm():
-            target_batchnorm_statistics(self.model_, data.target)
+            target_batchnorm_statistics(self.model_, data.centre(data.target))
         self.n_features_ = int(self.model_.n_features)
         return self
+
+    def _choose_inputs(self, X):
+        """The digit network's image arrays, or a pretrained backbone's cached activations."""
+        from transferkit.methods.domain._pretrained import PretrainedInputs, is_image_files
+
+        name = self.backbone
+        if name is None:
+            name = None if is_image_files(X) else DIGIT_BACKBONE
+        if name == DIGIT_BACKBONE:
+            if is_image_files(X):
+                raise DataError(f"{type(self).__name__} on the {DIGIT_BACKBONE} network takes "
+                                "32×32 image arrays, not image files: load them with "
+                                "transferkit.data.images.load_small_images, or adapt a "
+                                "pretrained backbone.")
+            self._inputs = None
+            return None
+        if self.digit_only:
+            raise DataError(f"{type(self).__name__} works on the {DIGIT_BACKBONE} network and "
+                            f"32×32 image arrays only, not on the pretrained backbone "
+                            f"{name or 'default'}.")
+        reuse = getattr(self, "_inputs", None)
+        settings = (name, self.trainable, self.views, self.cache_dir, self.use_cache, self.device)
+        if reuse is not None and getattr(reuse, "settings", None) == settings:
+            return reuse  # a refit with the same backbone: keep the loaded network
+        self._inputs = PretrainedInputs(name, trainable=self.trainable, views=self.views,
+                                        cache_dir=self.cache_dir, use_cache=self.use_cache,
+                                        device=self.device, progress=self.progress)
+        self._inputs.settings = settings
+        return self._inputs
 
     def _domain_tensors(self, X, y, Xt, yt) -> DomainTensors:
         import torch
 
-        source = images_to_tensor(X)
+        inputs = self._choose_inputs(X)
         y = np.asarray(y)
+        if inputs is None:
+            source = images_to_tensor(X)
+            target = images_to_tensor(Xt) if Xt is not None else source[:0]
+        else:
+            source, y, target, yt = inputs.fit_arrays(X, y, Xt, yt)
+            self.skipped_ = list(inputs.skipped)
         if len(y) != len(source):
             raise DataError(f"{len(source)} source images but {len(y)} labels.")
         self.classes_, encoded = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise DataError(f"the source needs at least two classes, got {list(self.classes_)}.")
-        target = images_to_tensor(Xt) if Xt is not None else source[:0]
         known = np.zeros(len(target), dtype=bool)
         target_encoded = np.zeros(0, dtype=np.int64)
         if yt is not None:
@@ -205,9 +352,14 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
             if unknown:
                 raise DataError(f"target labels {sorted(unknown)} do not occur in the source.")
             target_encoded = np.searchsorted(self.classes_, yt[known])
+        pretrained = inputs is not None
         return DomainTensors(source, torch.as_tensor(encoded, dtype=torch.long), target,
                              target[torch.as_tensor(known)],
-                             torch.as_tensor(target_encoded, dtype=torch.long))
+                             torch.as_tensor(target_encoded, dtype=torch.long),
+                             views=pretrained,
+                             # An epoch of a pretrained backbone's run sees each image of
+                             # the larger domain once on average.
+                             length=max(len(source), len(target)) if pretrained else None)
 
     def _new_network(self):
         import torch
@@ -215,55 +367,136 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         from transferkit.nets.digits import DigitNetwork
 
         torch.manual_seed(int(self.random_state))  # initial weights
+        if self._pretrained():
+            return self._inputs.network(len(self.classes_), int(self.bottleneck),
+                                        self._extra_modules)
         return DigitNetwork(len(self.classes_), self.width, self._extra_modules)
+
+    def _param_groups(self, model) -> list[dict]:
+        settings = self._settings()
+        if self._pretrained():
+            return self._inputs.param_groups(model, settings["lr"], settings["weight_decay"])
+        return [{"params": list(model.parameters()), "lr": settings["lr"],
+                 "weight_decay": settings["weight_decay"]}]
 
     def _train(self, data: DomainTensors):
         """Train one network with the method's loss; return ``(model, history)``."""
         source, labels = data.pooled_labelled()
         adapting = len(data.target) > 0 and self._adapts()
-        train_loader, val_loader = self._loaders(source, labels, data.target if adapting else None)
+        train_loader, val_loader = self._loaders(source, labels, data.target if adapting else None,
+                                                 data)
         model = self._new_network()
-        step_fn = self._step_fn(adapting, max(1, self.epochs * len(train_loader)))
-        result = self._run(model, [{"params": list(model.parameters()), "lr": self.lr,
-                                    "weight_decay": 1e-4}],
-                           train_loader, val_loader, step_fn, self.epochs)
+        epochs = self._settings()["epochs"]
+        step_fn = self._step_fn(adapting, max(1, epochs * len(train_loader)))
+        evaluate = self._criterion_fn(data) if len(data.target) else None
+        result = self._run(model, self._param_groups(model), train_loader, val_loader, step_fn,
+                           epochs, evaluate=evaluate)
         return result.model, result.history
 
-    def _loaders(self, source, labels, target=None):
+    def _loaders(self, source, labels, target=None, data: DomainTensors | None = None):
         """Batches of ``(x_s, y_s, x_t)`` (``x_t`` = a source image when ``target`` is None)
-        and, if ``val_fraction``, a loader over the held-out source."""
+        and, if ``val_fraction``, a loader over the held-out source (centre views)."""
         import torch
         from torch.utils.data import DataLoader, TensorDataset
 
-        order = np.random.default_rng(self.random_state).permutation(len(source))
-        n_val = int(round(len(source) * self.val_fraction)) if self.val_fraction else 0
-        val_rows, train_rows = order[:n_val], order[n_val:]
+        views = data is not None and data.views
+        val_rows, train_rows = self._validation_split(len(source))
+        n_val = len(val_rows)
         partner = target if target is not None else source[train_rows]
+        length = None
+        if data is not None and data.length is not None:
+            length = max(len(train_rows), len(partner))
         torch.manual_seed(int(self.random_state))
-        train_loader = DataLoader(PairedDomains(source[train_rows], labels[train_rows], partner),
-                                  batch_size=self.batch_size, shuffle=True,
-                                  drop_last=len(train_rows) > self.batch_size)
+        batch_size = self._settings()["batch_size"]
+        train_loader = DataLoader(PairedDomains(source[train_rows], labels[train_rows], partner,
+                                                views=views, length=length),
+                                  batch_size=batch_size, shuffle=True,
+                                  drop_last=(length or len(train_rows)) > batch_size)
         val_loader = None
         if n_val:
-            val_loader = DataLoader(TensorDataset(source[val_rows], labels[val_rows]),
+            val_images = source[val_rows][:, 0] if views else source[val_rows]
+            val_loader = DataLoader(TensorDataset(val_images, labels[val_rows]),
                                     batch_size=256, shuffle=False)
         return train_loader, val_loader
 
+    def _validation_split(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(held-out rows, training rows) of ``n`` labelled source rows: ``val_fraction`` of
+        them, drawn with ``random_state`` (the same split every time)."""
+        order = np.random.default_rng(self.random_state).permutation(n)
+        n_val = int(round(n * self.val_fraction)) if self.val_fraction else 0
+        return order[:n_val], order[n_val:]
+
+    def _criterion_fn(self, data: DomainTensors):
+        """The label-free criteria as ``fit_loop``'s ``evaluate`` (None without a criterion):
+        each epoch's row gets ``snd`` (higher is better) and, with held-out source rows,
+        ``dev`` (lower is better); ``criterion`` names the one that picks the epoch."""
+        if self.criterion is None:
+            return None
+        if self.criterion not in CRITERIA:
+            raise DataError(f"unknown criterion {self.criterion!r}; choose one of "
+                            f"{list(CRITERIA)} or None.")
+        import torch
+        import torch.nn.functional as F
+
+        from transferkit.evaluate.selection import dev_risk, snd
+
+        source, labels = data.pooled_labelled()
+        val_rows, train_rows = self._validation_split(len(source))
+        if self.criterion == "dev" and len(val_rows) < 4:
+            raise DataError("criterion 'dev' needs held-out source images: set val_fraction "
+                            "so that at least 4 are held out.")
+        rng = np.random.default_rng(self.random_state)
+        # DEV's domain classifier learns source-train vs target features: a sample is enough.
+        train_rows = rng.permutation(train_rows)[:CRITERION_SAMPLE]
+        target = data.centre(data.target)
+        val_images, val_labels = data.centre(source[val_rows]), labels[val_rows]
+        train_images = data.centre(source[train_rows])
+        dev_target = np.sort(rng.permutation(len(data.target))[:CRITERION_SAMPLE])
+
+        def evaluate(model):
+            device = next(model.parameters()).device
+
+            def features(images):
+                return torch.cat([model.forward_features(chunk.to(device))
+                                  for chunk in images.split(512)]) if len(images) else None
+
+            target_features = features(target)
+            probabilities = torch.softmax(model.forward_head(target_features).float(), 1)
+            row = {"snd": snd(probabilities.cpu().numpy(), random_state=self.random_state)}
+            if len(val_rows) >= 4:
+                val_features = features(val_images)
+                losses = F.cross_entropy(model.forward_head(val_features),
+                                         val_labels.to(device), reduction="none")
+                row["dev"] = dev_risk(val_features.cpu().numpy(), losses.cpu().numpy(),
+                                      target_features[dev_target].cpu().numpy(),
+                                      features(train_images).cpu().numpy(),
+                                      random_state=self.random_state)
+            return row
+
+        return evaluate
+
     def _run(self, model, param_groups, train_loader, val_loader, step_fn, epochs: int,
-             stage: str | None = None):
+             stage: str | None = None, evaluate=None):
         """One stage in the shared loop; a staged method's stages get sub-folders of run_dir."""
         import os
 
         from transferkit.train.loop import TrainConfig, fit_loop
 
-        config = TrainConfig(epochs=int(epochs), patience=None, restore_best=False, grad_clip=None,
+        settings = self._settings()
+        monitor = evaluate is not None
+        config = TrainConfig(epochs=int(epochs), patience=None, restore_best=monitor,
+                             monitor=self.criterion if monitor else "val_loss",
+                             monitor_mode=CRITERIA.get(self.criterion, "min"), grad_clip=None,
+                             optimizer=settings["optimizer"], schedule=settings["schedule"],
+                             momentum=settings.get("momentum", 0.9), warmup_fraction=0.1,
                              device=self.device, seed=int(self.random_state),
                              progress=self.progress, channels_last=False,
                              desc=type(self).__name__ + (f" ({stage})" if stage else ""))
         run_dir = self.run_dir
         if run_dir is not None and stage is not None:
             run_dir = os.path.join(run_dir, stage)
-        return fit_loop(model, param_groups, train_loader, val_loader, step_fn, config, run_dir)
+        return fit_loop(model, param_groups, train_loader, val_loader, step_fn, config, run_dir,
+                        evaluate=evaluate)
 
     def _adapts(self) -> bool:
         return type(self)._adaptation_loss is not DeepSourceOnly._adaptation_loss
@@ -292,19 +525,28 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
                 target_features = model.forward_features(target)
                 logits = model.forward_head(source_features)
                 progress = min(1.0, float(model.steps_done) / total_steps)
+                batch = DomainBatch(source_features, target_features, logits,
+                                    model.forward_head(target_features), progress, target)
                 loss = F.cross_entropy(logits, labels) + self.adaptation_weight * \
-                    self._adaptation_loss(model, source_features, target_features, progress, target)
+                    self._adaptation_loss(model, batch)
             model.steps_done += 1
             return loss, (logits.argmax(1) == labels).sum(), len(labels)
 
         return step
 
     # -- prediction --------------------------------------------------------------------
+    def _network_inputs(self, X):
+        """What the fitted network takes for images ``X``: 32×32 tensors or the pretrained
+        backbone's activations at the cut (centre crop)."""
+        if getattr(self, "_inputs", None) is not None and self._inputs.pretrained:
+            return self._inputs.predict_array(X)
+        return images_to_tensor(X)
+
     def _forward(self, X, features_only: bool = False, encoder=None) -> np.ndarray:
         import torch
 
         check_is_fitted(self, "model_")
-        images = images_to_tensor(X)
+        images = self._network_inputs(X)
         encoder = encoder if encoder is not None else self.model_.features
         outputs = []
         with torch.inference_mode():

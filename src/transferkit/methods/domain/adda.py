@@ -79,15 +79,26 @@ class ADDA(DeepSourceOnly):
     The fitted network is ``features`` = M_t and ``classifier`` = C, so ``transform`` gives
     the aligned code; ``transform_source`` encodes with M_s."""
 
+    digit_only = True  # built on the digit network's layers
+    backbone = "digit-cnn"
+
     def __init__(self, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
                  device: str = "auto", random_state: int = 0, progress: bool = False,
                  run_dir: str | None = None, pretrain_epochs: int | None = None,
                  adversarial_lr: float = 2e-4, discriminator_width: int = 500):
-        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
-                         adaptation_weight=adaptation_weight, width=width,
-                         val_fraction=val_fraction, device=device, random_state=random_state,
-                         progress=progress, run_dir=run_dir)
+        # Only the parameters of this signature (DeepSourceOnly.__init__ sets the
+        # pretrained-backbone ones too, which this digit-only method does not take).
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.adaptation_weight = adaptation_weight
+        self.width = width
+        self.val_fraction = val_fraction
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+        self.run_dir = run_dir
         self.pretrain_epochs = pretrain_epochs
         self.adversarial_lr = adversarial_lr
         self.discriminator_width = discriminator_width

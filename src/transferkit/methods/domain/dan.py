@@ -34,6 +34,5 @@ def multi_kernel_mmd(source, target, factors=BANDWIDTH_FACTORS):
 class DAN(DeepSourceOnly):
     """The network trained with CE on the source + λ · MK-MMD² between the domains."""
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float,
-                         target_images):
-        return multi_kernel_mmd(source_features, target_features)
+    def _adaptation_loss(self, model, batch):
+        return multi_kernel_mmd(batch.source_features, batch.target_features)

@@ -49,14 +49,21 @@ class DANN(DeepSourceOnly):
     """Domain-adversarial network (see the module docstring); ``adaptation_weight``
     (default 0.3) scales the domain loss, the λ_p schedule scales the reversed gradient."""
 
-    def __init__(self, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
+    def __init__(self, epochs: int | None = None, batch_size: int | None = None,
+                 lr: float | None = None,
                  adaptation_weight: float = 0.3, width: int = 1, val_fraction: float = 0.1,
                  device: str = "auto", random_state: int = 0, progress: bool = False,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, backbone: str | None = None,
+                 schedule: str | None = None, trainable: int = 0, bottleneck: int = 256,
+                 views: int = 4, criterion: str | None = None, cache_dir=None,
+                 use_cache: bool = True):
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
                          adaptation_weight=adaptation_weight, width=width,
                          val_fraction=val_fraction, device=device, random_state=random_state,
-                         progress=progress, run_dir=run_dir)
+                         progress=progress, run_dir=run_dir, backbone=backbone,
+                         schedule=schedule, trainable=trainable, bottleneck=bottleneck,
+                         views=views, criterion=criterion, cache_dir=cache_dir,
+                         use_cache=use_cache)
 
     def _extra_modules(self, n_features: int) -> dict:
         from torch import nn
@@ -65,12 +72,12 @@ class DANN(DeepSourceOnly):
         return {"domain": nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(),
                                         nn.Linear(hidden, 1))}
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float,
-                         target_images):
+    def _adaptation_loss(self, model, batch):
         import torch
         import torch.nn.functional as F
 
-        features = torch.cat([source_features, target_features])
-        domain = torch.cat([torch.zeros(len(source_features)), torch.ones(len(target_features))])
-        logits = model.extra["domain"](gradient_reversal(features, dann_lambda(progress)))
+        features = torch.cat([batch.source_features, batch.target_features])
+        domain = torch.cat([torch.zeros(len(batch.source_features)),
+                            torch.ones(len(batch.target_features))])
+        logits = model.extra["domain"](gradient_reversal(features, dann_lambda(batch.progress)))
         return F.binary_cross_entropy_with_logits(logits.squeeze(1), domain.to(logits.device))

@@ -29,6 +29,5 @@ def coral_loss(source, target):
 class DeepCORAL(DeepSourceOnly):
     """The network trained with CE on the source + λ · L_CORAL between the domains."""
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float,
-                         target_images):
-        return coral_loss(source_features, target_features)
+    def _adaptation_loss(self, model, batch):
+        return coral_loss(batch.source_features, batch.target_features)

@@ -51,16 +51,27 @@ class DomainConfusionSoftLabels(DeepSourceOnly):
     ``epochs``) train the source network that gives the soft labels and the start weights.
     Labelled target images are given as ``yt`` (``-1`` for the unlabelled ones)."""
 
+    digit_only = True  # built on the digit network's layers
+    backbone = "digit-cnn"
+
     def __init__(self, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
                  device: str = "auto", random_state: int = 0, progress: bool = False,
                  run_dir: str | None = None, pretrain_epochs: int | None = None,
                  soft_label_weight: float = 1.0, temperature: float = 2.0,
                  labelled_per_batch: int = 16):
-        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
-                         adaptation_weight=adaptation_weight, width=width,
-                         val_fraction=val_fraction, device=device, random_state=random_state,
-                         progress=progress, run_dir=run_dir)
+        # Only the parameters of this signature (DeepSourceOnly.__init__ sets the
+        # pretrained-backbone ones too, which this digit-only method does not take).
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.adaptation_weight = adaptation_weight
+        self.width = width
+        self.val_fraction = val_fraction
+        self.device = device
+        self.random_state = random_state
+        self.progress = progress
+        self.run_dir = run_dir
         self.pretrain_epochs = pretrain_epochs
         self.soft_label_weight = soft_label_weight
         self.temperature = temperature

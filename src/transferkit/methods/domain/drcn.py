@@ -29,11 +29,13 @@ class ReconstructionDA(DeepSourceOnly):
 
         return {"decoder": digit_decoder(self.width)}
 
-    def _adaptation_loss(self, model, source_features, target_features, progress: float,
-                         target_images):
+    digit_only = True  # the decoder rebuilds 32×32 images
+    backbone = "digit-cnn"
+
+    def _adaptation_loss(self, model, batch):
         import torch.nn.functional as F
 
-        return F.mse_loss(model.extra["decoder"](target_features), target_images)
+        return F.mse_loss(model.extra["decoder"](batch.target_features), batch.target_inputs)
 
     def reconstruct(self, X):
         """Reconstructions of images ``X`` as ``(N, 32, 32, 3)`` floats in [0, 1]."""

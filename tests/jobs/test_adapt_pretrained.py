@@ -1,0 +1,62 @@
+"""`transferkit adapt` with a deep method on a pretrained backbone: the summary, the weight
+chosen without target labels, and one-line errors for what cannot work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from builders import write_class_folder
+from transferkit.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def folders(tmp_path):
+    write_class_folder(tmp_path / "source", per_class=20, seed=0)  # 4 held out for DEV
+    write_class_folder(tmp_path / "target", per_class=5, seed=1)
+    return tmp_path
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main([*argv, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_adapt_a_pretrained_backbone_and_choose_the_weight_without_labels(folders, capsys):
+    out = folders / "run"
+    summary = run_json(capsys, "adapt", "--source", str(folders / "source"),
+                       "--target", str(folders / "target"),
+                       "--target-test", str(folders / "target"), "--method", "dann",
+                       "--trainable", "0", "--epochs", "2", "--adaptation-weight", "auto",
+                       "--out", str(out))
+    assert summary["backbone"] == "efficientnet_lite0" and summary["cut"] == "pooled"
+    assert summary["trainable_groups"] == 0 and summary["criterion"] == "dev"
+    grid = summary["weight_selection"]
+    assert [row["adaptation_weight"] for row in grid] == [0.3, 1.0, 3.0]
+    best = max(grid, key=lambda row: row["criterion"])
+    # The criterion chose, and the method's row is that model's.
+    assert summary["adaptation_weight"] == best["adaptation_weight"]
+    assert summary["adapted_accuracy"] == best["target_accuracy"]
+    assert len(summary["criterion_curve"]) == 2
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "chosen without target labels" in report and "deep embedded validation" in report
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "adda", "--backbone", "efficientnet_lite0"], "digit-cnn network only"),
+    (["--method", "coral", "--trainable", "1"], "--trainable applies"),
+    (["--method", "coral", "--backbone", "digit-cnn"], "shallow method"),
+    (["--method", "dann", "--adaptation-weight", "-1"], "finite number >= 0"),
+    (["--method", "dann", "--adaptation-weight", "lots"], "a number or 'auto'"),
+    (["--method", "dann", "--backbone", "digit-cnn", "--adaptation-weight", "auto"],
+     "needs a criterion"),
+    (["--method", "dann", "--backbone", "no_such_network_xyz"], "no_such_network_xyz"),
+])
+def test_adapt_refuses_what_cannot_work_in_one_line(folders, capsys, extra, message):
+    assert main(["adapt", "--source", str(folders / "source"), "--target",
+                 str(folders / "target"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") <= 2
