@@ -204,7 +204,7 @@ def _mmd(source, target, random_state: int) -> float | None:
 def run(source=None, target=None, method: str | None = None, out=None, target_labelled=None,
         target_test=None, epochs: int | None = None, backbone: str | None = None,
         random_state: int = 0, device: str = "auto", cache_dir=None, use_cache: bool = True,
-        progress: bool = False, overwrite: bool = False, demo: bool = False,
+        progress: bool = False, overwrite: bool = False, demo: bool | str = False,
         trainable: int | None = None, criterion: str | None = None,
         adaptation_weight=None) -> dict:
     """Run source only, ``method`` and (with ``target_labelled``) the oracle; see the module

@@ -270,13 +270,13 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         return None
 
     # -- settings that depend on the backbone ------------------------------------------
-    def _pretrained(self) -> bool:
+    def _uses_pretrained_backbone(self) -> bool:
         """Whether this fit adapts a pretrained registry backbone (set by :meth:`fit`)."""
         return getattr(self, "_inputs", None) is not None and self._inputs.pretrained
 
     def _settings(self) -> dict:
         """lr, batch size and optimiser for this fit, with the backbone's defaults filled in."""
-        pretrained = self._pretrained()
+        pretrained = self._uses_pretrained_backbone()
         schedule = self.schedule or ("sgd-annealed" if pretrained else "adamw")
         if schedule not in SCHEDULES:
             raise DataError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}.")
@@ -367,14 +367,14 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         from transferkit.nets.digits import DigitNetwork
 
         torch.manual_seed(int(self.random_state))  # initial weights
-        if self._pretrained():
+        if self._uses_pretrained_backbone():
             return self._inputs.network(len(self.classes_), int(self.bottleneck),
                                         self._extra_modules)
         return DigitNetwork(len(self.classes_), self.width, self._extra_modules)
 
     def _param_groups(self, model) -> list[dict]:
         settings = self._settings()
-        if self._pretrained():
+        if self._uses_pretrained_backbone():
             return self._inputs.param_groups(model, settings["lr"], settings["weight_decay"])
         return [{"params": list(model.parameters()), "lr": settings["lr"],
                  "weight_decay": settings["weight_decay"]}]

@@ -103,7 +103,7 @@ class CDAN(DeepSourceOnly):
         conditioning = _conditioning_map(n_features, len(self.classes_))
         # The paper's discriminator: 1024 hidden units on a pretrained backbone; the
         # digit network's features are smaller and its data sets too, so 500 there.
-        hidden = 1024 if self._pretrained() else 500
+        hidden = 1024 if self._uses_pretrained_backbone() else 500
         domain = nn.Sequential(nn.Linear(conditioning.out_features, hidden), nn.ReLU(),
                                nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(),
                                nn.Dropout(0.5), nn.Linear(hidden, 1))
