@@ -18,8 +18,9 @@ The methods are the registry's two domain families:
   training on cached activations of the frozen rest (minutes per pair on a CPU; see
   :mod:`transferkit.methods.domain._pretrained`); with ``backbone="digit-cnn"`` Ganin &
   Lempitsky's small network on 32×32 images (digit-like domains; ADDA, domain confusion
-  and DRCN need it). ``criterion="snd"`` keeps the epoch with the best label-free score,
-  and ``adaptation_weight="auto"`` picks the weight from :data:`WEIGHT_GRID` by it.
+  and DRCN need it). ``criterion`` (default ``"dev"`` on a pretrained backbone, or
+  ``"snd"``) keeps the epoch with the best label-free score, and
+  ``adaptation_weight="auto"`` picks the weight from :data:`WEIGHT_GRID` by it.
   Checkpoints go to ``OUT/train/<model>``, so an interrupted run resumes.
 * ``domain-shallow`` (``coral``, ``subspace``, ``tca``, ``kmm``, ``reweight``): adapt
   frozen pretrained features (any backbone; cached), then a logistic regression.
