@@ -49,8 +49,9 @@ SKOPS_FILE = "classifier.skops"
 # The exact types beyond skops' own safe defaults that the pipelines of
 # make_probe_pipeline hold once fitted (every classifier, embedding, normalisation and PCA
 # option); a classifier file with any other type is refused before anything is built.
-# Never a module prefix: skops calls a trusted callable with arguments stored in the
-# file, so trusting "builtins." trusts exec. tests/security/test_model_loading.py
+# Never a whole module: skops calls a trusted callable with arguments stored in the
+# file, so trusting every name in the builtins module trusts exec.
+# tests/security/test_model_loading.py
 # derives this list from every pipeline fit can produce, so it cannot drift.
 TRUSTED_SKOPS_TYPES = (
     "sklearn.calibration._CalibratedClassifier",

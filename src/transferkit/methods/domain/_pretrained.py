@@ -248,7 +248,3 @@ class PretrainedInputs:
             groups.insert(0, {"params": backbone, "lr": lr * BACKBONE_LR_FACTOR,
                               "weight_decay": weight_decay})
         return groups
-
-    def describe(self) -> dict:
-        return {"backbone": self.name, "trainable_groups": self.trainable,
-                "cut": self.chain.cut_name(self.cut), "views": self.views}

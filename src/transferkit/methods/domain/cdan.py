@@ -78,24 +78,8 @@ def _conditioning_map(n_features: int, n_classes: int):
 
 
 class CDAN(DeepSourceOnly):
-    """CDAN+E (see the module docstring); ``adaptation_weight`` (default 1, the paper's)
-    scales the conditional domain loss, the λ_p schedule the reversed gradient."""
-
-    def __init__(self, epochs: int | None = None, batch_size: int | None = None,
-                 lr: float | None = None,
-                 adaptation_weight: float = 1.0, width: int = 1, val_fraction: float = 0.1,
-                 device: str = "auto", random_state: int = 0, progress: bool = False,
-                 run_dir: str | None = None, backbone: str | None = None,
-                 schedule: str | None = None, trainable: int = 0, bottleneck: int = 256,
-                 views: int = 4, criterion: str | None = None, cache_dir=None,
-                 use_cache: bool = True):
-        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
-                         adaptation_weight=adaptation_weight, width=width,
-                         val_fraction=val_fraction, device=device, random_state=random_state,
-                         progress=progress, run_dir=run_dir, backbone=backbone,
-                         schedule=schedule, trainable=trainable, bottleneck=bottleneck,
-                         views=views, criterion=criterion, cache_dir=cache_dir,
-                         use_cache=use_cache)
+    """CDAN+E (see the module docstring); ``adaptation_weight`` (the base's default 1, the
+    paper's) scales the conditional domain loss, the λ_p schedule the reversed gradient."""
 
     def _extra_modules(self, n_features: int) -> dict:
         from torch import nn
