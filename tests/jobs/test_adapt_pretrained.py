@@ -60,3 +60,26 @@ def test_adapt_refuses_what_cannot_work_in_one_line(folders, capsys, extra, mess
                  str(folders / "target"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") <= 2
+
+
+def test_a_reweighting_method_reports_the_distance_of_the_reweighted_source(folders, capsys):
+    # Re-weighting moves no feature: an "after" distance that ignored the weights would
+    # equal "before" to the last digit. Measured with the weights it must differ, and the
+    # text output gives each distance with its 95% interval.
+    summary = run_json(capsys, "adapt", "--source", str(folders / "source"),
+                       "--target", str(folders / "target"), "--method", "reweight")
+    before, after = summary["domain_separability_before"], summary["domain_separability_after"]
+    assert summary["source_reweighted_after"] is True
+    assert summary["a_distance_before"] == before["distance"]
+    assert summary["a_distance_after"] == after["distance"]
+    # Unequal weights shrink the source's effective size (Kish), so at least the interval moves.
+    assert after["interval"] != before["interval"]
+    for measured in (before, after):
+        low, high = measured["interval"]
+        assert 0.0 <= low <= measured["distance"] <= high <= 2.0
+    assert main(["adapt", "--source", str(folders / "source"), "--target",
+                 str(folders / "target"), "--method", "reweight", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "proxy A-distance source↔target (95% interval): " in text
+    assert f"{before['distance']:.2f} [{before['interval'][0]:.2f}, " in text
+    assert "(source re-weighted)" in text

@@ -184,21 +184,24 @@ def _accuracy(model, X, y) -> float | None:
     return None if X is None else float(np.mean(model.predict(X) == y))
 
 
-def _a_distance(source, target, random_state: int) -> float | None:
-    from transferkit.evaluate.domain import proxy_a_distance
+def _separability(source, target, random_state: int, source_weight=None) -> dict | None:
+    """Proxy A-distance with its 95% interval (dimension-free domain classifier), the
+    source weighted as a re-weighting method weighs it."""
+    from transferkit.evaluate.domain import domain_separability
 
     if min(len(source), len(target)) < 5:
         return None
-    return proxy_a_distance(source, target, random_state=random_state)
+    return domain_separability(source, target, random_state=random_state,
+                               source_weight=source_weight).as_dict()
 
 
-def _mmd(source, target, random_state: int) -> float | None:
+def _mmd(source, target, random_state: int, source_weight=None) -> float | None:
     """RBF-kernel MMD (median-heuristic bandwidth of each space, so before and after compare)."""
     from transferkit.evaluate.domain import mmd
 
     if min(len(source), len(target)) < 2:
         return None
-    return mmd(source, target, random_state=random_state)
+    return mmd(source, target, random_state=random_state, source_weight=source_weight)
 
 
 @removes_new_output_on_failure
@@ -334,6 +337,9 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
     else:
         before = (Xs, Xt)
         after = (adapted.adapted_source_[:len(Xs)], adapted.transform_target(Xt))
+    # A re-weighting method moves no feature: what it changes is how much each source row
+    # counts, so "after" weighs the source rows as its classifier did.
+    after_weight = None if is_deep else adapted.adapted_source_weight_
     summary = {
         "method": method, "family": "deep" if is_deep else "shallow",
         "source": str(source), "target": str(target), "classes": classes,
@@ -345,14 +351,19 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
         "adapted_accuracy": _accuracy(adapted, X_test, y_test),
         "oracle_accuracy": _accuracy(oracle, X_test, y_test) if oracle is not None else None,
         "gap_closed": None,
-        "a_distance_before": _a_distance(*before, random_state),
-        "a_distance_after": _a_distance(*after, random_state),
+        "a_distance_before": None, "a_distance_after": None,
+        "domain_separability_before": _separability(*before, random_state),
+        "domain_separability_after": _separability(*after, random_state, after_weight),
+        "source_reweighted_after": after_weight is not None,
         "mmd_before": _mmd(*before, random_state),
-        "mmd_after": _mmd(*after, random_state),
+        "mmd_after": _mmd(*after, random_state, after_weight),
         **skipped_fields(represent.skipped),
         "backbone": backbone,
         "seed": random_state,
     }
+    for when in ("before", "after"):
+        measured = summary[f"domain_separability_{when}"]
+        summary[f"a_distance_{when}"] = None if measured is None else measured["distance"]
     if is_deep:
         summary["criterion"] = criterion
         summary["adaptation_weight"] = float(adapted.adaptation_weight)
@@ -381,8 +392,9 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
 
         out.mkdir(parents=True, exist_ok=True)
         summary["domain_map"] = str(plot_domain_maps(
-            {f"before (A-distance {summary['a_distance_before']:.2f})": before,
-             f"after {method} (A-distance {summary['a_distance_after']:.2f})": after},
+            {f"before (A-distance {_distance_text(summary['domain_separability_before'])})": before,
+             f"after {method} (A-distance "
+             f"{_distance_text(summary['domain_separability_after'])})": after},
             out / "domain_map.png", random_state=random_state))
         summary["out"] = str(out)
     summary["seconds"] = time.perf_counter() - start
@@ -491,6 +503,13 @@ def run_demo(out: str | os.PathLike = DEMO_OUT, method: str = "dann",
     return summary
 
 
+def _distance_text(measured: dict | None) -> str:
+    if measured is None:
+        return "n/a"
+    low, high = measured["interval"]
+    return f"{measured['distance']:.2f} [{low:.2f}, {high:.2f}]"
+
+
 def render(summary: dict) -> str:
     lines = [summary["demo"]] if summary.get("demo") else []
     lines.append(f"method {summary['method']} ({summary['family']}): {summary['n_source']} "
@@ -501,8 +520,10 @@ def render(summary: dict) -> str:
                                ["target oracle", format_score(summary["oracle_accuracy"])]]))
     if summary["gap_closed"] is not None:
         lines.append(f"gap closed: {100 * summary['gap_closed']:.0f}% of source only → oracle")
-    lines.append(f"proxy A-distance source↔target: {format_score(summary['a_distance_before'])} "
-                 f"before, {format_score(summary['a_distance_after'])} after")
+    lines.append("proxy A-distance source↔target (95% interval): "
+                 f"{_distance_text(summary.get('domain_separability_before'))} before, "
+                 f"{_distance_text(summary.get('domain_separability_after'))} after"
+                 + (" (source re-weighted)" if summary.get("source_reweighted_after") else ""))
     if summary.get("mmd_before") is not None:
         lines.append(f"MMD source↔target: {format_score(summary['mmd_before'])} before, "
                      f"{format_score(summary['mmd_after'])} after")

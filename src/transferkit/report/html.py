@@ -409,8 +409,15 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
              ["gap closed", "—" if gap is None
               else f"{_pct(gap, decimals=0)} of source only → oracle"]]
     if summary.get("a_distance_before") is not None:
-        facts.append(["proxy A-distance", f"{_number(summary['a_distance_before'], '.2f')} "
-                      f"before, {_number(summary.get('a_distance_after'), '.2f')} after"])
+        def distance(when):
+            measured = summary.get(f"domain_separability_{when}") or {}
+            low, high = measured.get("interval") or (None, None)
+            interval = "" if low is None else f" [{_number(low, '.2f')}, {_number(high, '.2f')}]"
+            return _number(summary.get(f"a_distance_{when}"), ".2f") + interval
+
+        reweighted = " (source re-weighted)" if summary.get("source_reweighted_after") else ""
+        facts.append(["proxy A-distance (95% interval)",
+                      f"{distance('before')} before, {distance('after')} after{reweighted}"])
     if summary.get("mmd_before") is not None:
         facts.append(["MMD (RBF kernel)", f"{_number(summary['mmd_before'], '.3f')} before, "
                                           f"{_number(summary.get('mmd_after'), '.3f')} after"])

@@ -165,8 +165,10 @@ class DomainAdaptationClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"the source has 1 class ({classes[0]!r}); a classifier needs "
                             "labelled rows of at least two classes.")
         X_train, y_train, weight = self._adapt(X, y, Xt, yt)
-        # The source as the classifier sees it (for domain distances after adaptation).
+        # The source as the classifier sees it (for domain distances after adaptation):
+        # its rows and, for a re-weighting method, their weights.
         self.adapted_source_ = X_train
+        self.adapted_source_weight_ = weight
         mask = labelled_rows(yt)
         if mask.any():
             X_train = np.vstack([X_train, self._transform_target(Xt[mask])])
