@@ -19,6 +19,7 @@ from transferkit import __version__
 from transferkit.errors import TransferkitError
 from transferkit.jobs import JOBS, load_job
 from transferkit.jobs._options import add_output_format
+from transferkit.train.distributed import is_main_process
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,10 @@ def main(argv=None) -> int:
     job = options.pop("job")
     del options["command"]
     as_json, quiet = options.pop("json"), options.pop("quiet")
+    # Under torchrun / accelerate launch every process runs this command; the main one
+    # shows progress and prints the summary, the others only their errors.
+    worker = not is_main_process()
+    quiet = quiet or worker
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
     if quiet:
@@ -86,6 +91,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing half-written was kept.", file=sys.stderr)
         return 130
+    if worker:
+        return 0
     if "seconds" in summary:
         # The summary's clock starts inside the job; a user's starts at the command.
         summary["seconds"] = max(summary["seconds"], _seconds_since_process_start())

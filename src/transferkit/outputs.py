@@ -399,7 +399,20 @@ def prepare_output_folder(out, *, command: str, inputs=(), overwrite: bool = Fal
 
     Call it before the slow part of a job. With ``overwrite`` the previous run's resumable
     training state is dropped, so the run starts over; its other files are replaced as the
-    new ones are written. Returns the resolved folder."""
+    new ones are written. Returns the resolved folder.
+
+    Under several processes (``torchrun``, ``accelerate launch``) only the main process
+    checks and prepares the folder; the others wait for it, get its answer (the folder,
+    or its error, raised on every process) and write nothing."""
+    from transferkit.train.distributed import is_distributed, on_main_process
+
+    if is_distributed():
+        return on_main_process(_prepare_output_folder, out, command=command, inputs=inputs,
+                               overwrite=overwrite)
+    return _prepare_output_folder(out, command=command, inputs=inputs, overwrite=overwrite)
+
+
+def _prepare_output_folder(out, *, command: str, inputs=(), overwrite: bool = False) -> Path:
     layout = LAYOUTS[command]
     folder = check_output_folder(out, command=command, inputs=inputs, overwrite=overwrite)
     new_folder = not folder.exists()

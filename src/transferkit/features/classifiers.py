@@ -18,6 +18,10 @@ is not rare, so every default fits in a few seconds whatever the number of class
   spare images for it.
 * ``knn``: brute-force neighbours (see the comment in :func:`bare_classifier`).
 * ``ridge`` (layer sweeps only): alpha by closed-form leave-one-out.
+* ``logreg-stream`` (linear probes only): ``logreg``'s model and objective, solved by
+  L-BFGS over the training features one chunk at a time (:func:`fit_logreg_streaming`),
+  so memory is bounded by a chunk (a feature shard), not by the data set. ``fit
+  --features`` switches to it when the training features would not fit in memory.
 
 Whatever needs a validation signal is taken from the training features alone, never
 from the validation split. The linear probe, the layer sweep and the CDFG measure all
@@ -44,6 +48,9 @@ from sklearn.svm import LinearSVC
 from transferkit.errors import TransferkitError
 
 CLASSIFIERS = ("logreg", "logreg-cv", "svm", "knn", "mlp")
+# Trained from chunks of features rather than one array (fit_logreg_streaming); a linear
+# probe's option only, so not among the classifiers the layer sweep or CDFG offer.
+STREAMING_CLASSIFIERS = ("logreg-stream",)
 # Ridge has no probabilities, so it is not offered for saved models; its closed-form
 # leave-one-out choice of alpha makes it the quick probe for layer sweeps.
 SWEEP_CLASSIFIERS = CLASSIFIERS + ("ridge",)
@@ -233,6 +240,125 @@ def make_probe_pipeline(classifier: str, y, cv: int = 5, random_state: int = 0,
         final.estimator.set_params(C=SVM_C_FNE)
     steps.append(final)
     return make_pipeline(*steps)
+
+
+# --------------------------------------------------------------------------- streaming
+
+# LogisticRegression's own defaults, so that the streamed solve stops where its solve does.
+LOGREG_MAX_ITER = 1000
+LOGREG_TOL = 1e-4
+# Bytes of memory the in-memory solvers need per training feature value: the float32
+# features, the standardised copy and the solver's float64 working copy (measured with
+# tracemalloc on fit_features, benchmarks/bench_fit_features.py); fit --features streams
+# when n_train x dim x this exceeds its --max-memory.
+IN_MEMORY_BYTES_PER_VALUE = 16
+
+
+def fit_logreg_streaming(chunks, n_classes: int, C: float = LOGREG_C,
+                         normalise: str | None = None, max_iter: int = LOGREG_MAX_ITER,
+                         tol: float = LOGREG_TOL):
+    """``logreg``'s pipeline (optional L2 normalisation, standardisation, multinomial
+    logistic regression with ``C``) fitted on data seen one chunk at a time.
+
+    ``chunks()`` returns a fresh iterable of ``(X, y)`` pairs (float features, integer
+    labels in ``0..n_classes-1``) on every call; nothing but one chunk and the model is
+    held at once. A first pass fits the scaler (``StandardScaler.partial_fit``: the same
+    mean and variance as a fit on all rows); then L-BFGS minimises scikit-learn's own
+    objective for ``LogisticRegression(C=C)`` -- the mean log-loss plus
+    ``||W||^2 / (2 C n)``, intercept unpenalised, one weight vector for two classes and
+    one per class (softmax) otherwise -- with its settings (``gtol=tol``, ``maxls=50``),
+    each function evaluation being one pass over the chunks. So the result is the model
+    ``LogisticRegression.fit`` finds on the whole array, to the solver's tolerance, and
+    is saved, exported and loaded as one (a plain ``LogisticRegression`` holding the
+    solution). Stochastic gradient descent needs fewer passes but, at the same
+    regularisation, stopped 2-10 points short of this optimum on the shared image sets
+    (``benchmarks/bench_fit_features.py``), where the exact solve loses nothing.
+
+    Returns ``(pipeline, passes)``: ``passes`` counts the passes over the data.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import expit, logsumexp
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.preprocessing import Normalizer
+
+    if normalise not in (None, *NORMALISATIONS):
+        raise TransferkitError(f"unknown normalisation {normalise!r}; use 'l2' or none.")
+    normaliser = Normalizer() if normalise == "l2" else None
+    scaler = StandardScaler()
+    counts = np.zeros(n_classes, dtype=np.int64)
+    for X, y in chunks():
+        if len(X) == 0:
+            continue
+        X = np.asarray(X)
+        if normaliser is not None:
+            if not hasattr(normaliser, "n_features_in_"):
+                normaliser.fit(X)  # stateless: fitting only records the width
+            X = normaliser.transform(X)
+        scaler.partial_fit(X)
+        counts += np.bincount(np.asarray(y), minlength=n_classes)[:n_classes]
+    n = int(counts.sum())
+    if (counts == 0).any() or n_classes < 2:
+        raise TransferkitError(f"every one of the {n_classes} classes needs training rows; "
+                               f"got {counts.tolist()} rows per class.")
+    dim = int(scaler.n_features_in_)
+    binary = n_classes == 2
+    rows = 1 if binary else n_classes  # LogisticRegression's coef_ rows
+    l2 = 1.0 / (C * n)
+    passes = 0
+
+    def standardised(X):
+        X = np.asarray(X)
+        if normaliser is not None:
+            X = normaliser.transform(X)
+        return scaler.transform(X).astype(np.float64, copy=False)
+
+    def loss_and_gradient(flat):
+        nonlocal passes
+        passes += 1
+        weights, bias = flat[:rows * dim].reshape(rows, dim), flat[rows * dim:]
+        loss, grad_w, grad_b = 0.0, np.zeros_like(weights), np.zeros_like(bias)
+        for X, y in chunks():
+            if len(X) == 0:
+                continue
+            Z, y = standardised(X), np.asarray(y)
+            raw = Z @ weights.T + bias
+            if binary:  # scikit-learn's HalfBinomialLoss: log(1 + e^raw) - y raw
+                raw, target = raw[:, 0], (y == 1).astype(np.float64)
+                loss += float(np.sum(np.logaddexp(0.0, raw) - target * raw))
+                error = (expit(raw) - target)[:, None]
+            else:  # HalfMultinomialLoss: logsumexp(raw) - raw[y]
+                norm = logsumexp(raw, axis=1)
+                loss += float(np.sum(norm - raw[np.arange(len(y)), y]))
+                error = np.exp(raw - norm[:, None])
+                error[np.arange(len(y)), y] -= 1.0
+            grad_w += error.T @ Z
+            grad_b += error.sum(axis=0)
+        value = loss / n + 0.5 * l2 * float(np.dot(weights.ravel(), weights.ravel()))
+        gradient = np.concatenate([(grad_w / n + l2 * weights).ravel(), grad_b / n])
+        return value, gradient
+
+    result = minimize(loss_and_gradient, np.zeros(rows * dim + rows), jac=True,
+                      method="L-BFGS-B", options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                                  "ftol": 64 * np.finfo(float).eps})
+    if not result.success:
+        warnings.warn(f"the streamed logistic regression did not converge in {max_iter} "
+                      f"iterations ({result.message})", ConvergenceWarning)
+    model = LogisticRegression(C=C, max_iter=max_iter, tol=tol)
+    model.classes_ = np.arange(n_classes)
+    model.coef_ = np.ascontiguousarray(result.x[:rows * dim].reshape(rows, dim))
+    model.intercept_ = np.array(result.x[rows * dim:])
+    model.n_features_in_ = dim
+    model.n_iter_ = np.array([result.nit], dtype=np.int32)
+    steps = ([normaliser] if normaliser is not None else []) + [scaler, model]
+    return make_pipeline(*steps), passes
+
+
+def array_chunks(X, y, rows: int):
+    """``chunks`` for :func:`fit_logreg_streaming` over arrays already in memory."""
+    def chunks():
+        for start in range(0, len(y), rows):
+            yield X[start:start + rows], y[start:start + rows]
+    return chunks
 
 
 # --------------------------------------------------------------------------- description

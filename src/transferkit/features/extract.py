@@ -106,6 +106,8 @@ class ExtractionResult:
     seconds: float = 0.0
     runtime: str = ""
     layers: dict[str, slice] = field(default_factory=dict)  # columns of each layer
+    # (n_input,) SHA-256 of each input file's bytes (the cache key); None: unreadable file
+    digests: list[str | None] = field(default_factory=list)
 
     def layer(self, name: str) -> np.ndarray:
         """The columns of one tapped layer."""
@@ -131,6 +133,9 @@ class FrozenExtractor:
     on one core) or decode worker processes of the eager path; None: one per core.
     ``jpeg_draft``: decode large JPEGs at reduced scale (see
     :mod:`transferkit.features.preprocess`); other features, so another cache namespace.
+    ``onnx_threads``: ONNX Runtime's threads when there is one lane (default every core;
+    a Ray actor holding one CPU asks for 1). ``device``: where the eager path runs (a GPU
+    Ray actor asks for "cuda"; anything but "cpu" runs eager PyTorch).
 
     Give a built ``backbone``, or use :meth:`from_name`: then the network is built only
     when an image is missing from the cache. What identifies the features (weights
@@ -143,7 +148,8 @@ class FrozenExtractor:
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  runtime: str = "auto", batch_size: int = 32, num_workers: int | None = None,
                  source: tuple[str | None, str | None, str | None] | None = None,
-                 pooling: str = "avg", jpeg_draft: bool = False):
+                 pooling: str = "avg", jpeg_draft: bool = False,
+                 onnx_threads: int | None = None, device: str = "cpu"):
         from transferkit.backbones.taps import POOLINGS
 
         if pooling not in POOLINGS:
@@ -160,6 +166,8 @@ class FrozenExtractor:
         self.num_workers = num_workers
         self.runtime_name = runtime
         self.jpeg_draft = bool(jpeg_draft)
+        self.onnx_threads = onnx_threads
+        self.device = device
         self.cache_root = resolve_cache_dir(cache_dir)
         self.use_cache = use_cache
         self._caches: dict[str, FeatureCache] | None = None
@@ -307,7 +315,8 @@ class FrozenExtractor:
             module = make_tap_module(self.backbone.model, self.layers, self.pooling)
             lanes = self._lanes()
             self._runtime = make_runtime(module, self.input_shape, self.runtime_name, onnx_path,
-                                         threads=1 if lanes > 1 else None)
+                                         threads=1 if lanes > 1 else self.onnx_threads,
+                                         device=self.device)
         return self._runtime
 
     def _lanes(self) -> int:
@@ -456,7 +465,7 @@ class FrozenExtractor:
             offset += width
         skipped = [(str(paths[i]), reasons[i]) for i in sorted(reasons)]
         return ExtractionResult(features, ok, skipped, n_cached, len(todo) - len(reasons),
-                                time.perf_counter() - start, runtime_name, columns)
+                                time.perf_counter() - start, runtime_name, columns, keys)
 
 
 class FusedExtractor:
@@ -500,7 +509,8 @@ class FusedExtractor:
         return ExtractionResult(np.concatenate(blocks, axis=1), ok, sorted(skipped.items()),
                                 min(r.n_cached for r in results), max(r.n_computed for r in results),
                                 sum(r.seconds for r in results),
-                                "+".join(r.runtime for r in results), columns)
+                                "+".join(r.runtime for r in results), columns,
+                                results[0].digests)
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):

@@ -14,7 +14,7 @@ import importlib
 from types import ModuleType
 
 # Module names, in the order the commands are listed by `transferkit --help`.
-JOBS = ("fit", "predict", "export", "serve", "evaluate", "backbones", "layers", "anomaly",
+JOBS = ("fit", "predict", "extract", "export", "serve", "evaluate", "backbones", "layers", "anomaly",
         "report", "demo", "cdfg", "adapt", "autoencoder", "multitask", "distill", "zeroshot",
         "fewshot", "fewshot_train")
 

@@ -50,6 +50,7 @@ from transferkit.jobs._common import (
     skipped_lines,
 )
 from transferkit.outputs import removes_new_output_on_failure
+from transferkit.train.distributed import is_main_process
 
 NAME = "adapt"
 HELP = ("domain adaptation: labelled source images, unlabelled target images; compares with "
@@ -326,6 +327,8 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
         oracle = estimator("oracle")
         oracle.fit(Xl, yl) if is_deep else oracle.fit(Xl[:0], None, Xl, yl)
 
+    if not is_main_process():  # trained in step with the main process, which writes and reports
+        return {}
     # Domain distance in the space each classifier works in.
     if is_deep:
         before = (source_only.transform(Xs), source_only.transform(Xt))

@@ -37,6 +37,7 @@ from transferkit.jobs._common import (
     skipped_lines,
 )
 from transferkit.outputs import removes_new_output_on_failure
+from transferkit.train.distributed import is_main_process
 
 NAME = "autoencoder"
 HELP = ("autoencoder pretraining on unlabelled images, then few-label classifiers: encoder + "
@@ -140,6 +141,8 @@ def run(unlabelled, labelled, out, test=None, epochs: int = 15,
                                run_dir=str(train / "ae-init"), **options).fit(X, y)
     scratch = create_method("deep-source-only", run_dir=str(train / "random-init"),
                             **options).fit(X, y)
+    if not is_main_process():  # trained in step with the main process, which writes and reports
+        return {}
 
     def accuracy(predict):
         return None if X_test is None else float(np.mean(predict(X_test) == y_test))

@@ -33,6 +33,7 @@ from transferkit.jobs._common import (
     skipped_lines,
 )
 from transferkit.outputs import removes_new_output_on_failure
+from transferkit.train.distributed import is_main_process
 
 NAME = "distill"
 HELP = ("knowledge distillation: a saved model (the teacher) teaches a small CNN; compares it "
@@ -242,6 +243,8 @@ def run(teacher, data, out=None, student: str = "small-cnn", temperature: float 
     distilled = create_method("distill", **options).fit(images_np, labels, teacher_logits=logits,
                                                         classes=teacher_classes)
     fit_seconds["distilled"] = time.perf_counter() - t0
+    if not is_main_process():  # trained in step with the main process, which writes and reports
+        return {}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

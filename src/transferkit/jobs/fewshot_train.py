@@ -13,6 +13,7 @@ from transferkit.errors import DataError
 from transferkit.jobs import _options
 from transferkit.jobs._common import skipped_fields, skipped_lines
 from transferkit.outputs import removes_new_output_on_failure
+from transferkit.train.distributed import is_main_process
 
 NAME = "fewshot-train"
 HELP = ("learn a similarity (Siamese head, contrastive loss) on background classes for "
@@ -82,6 +83,8 @@ def run(background, out, backbone: str | None = None, layer: str = "pre_logits",
                           device=device, cache_dir=cache_dir, use_cache=use_cache,
                           progress=progress, **options)
     model.fit(paths, labels)
+    if not is_main_process():  # trained in step with the main process, which writes and reports
+        return {}
     metrics = {"eer_validation": model.eer_, "threshold": model.threshold_,
                "validation": model.validation_}
     save_bundle(model, out, metrics=metrics, overwrite=overwrite)

@@ -21,6 +21,11 @@ HELP = "train a classifier on a folder of images and save it"
 
 # Command-line spellings of run() keywords whose flag is not simply --the-keyword.
 _FLAGS = {"use_cache": "--no-cache", "fuse": "--backbone-fuse", "random_state": "--seed"}
+# fit --features: the training features may take this much memory (MB) before the default
+# logreg gives way to logreg-stream (see _choose_streaming).
+DEFAULT_MAX_MEMORY_MB = 1024
+# features.classifiers.STREAMING_CLASSIFIERS, spelt out: that module imports scikit-learn.
+_STREAMING = ("logreg-stream",)
 
 
 def _components_or_share(text: str) -> int | float:
@@ -44,8 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         action="append", help="another backbone whose features are "
                         "concatenated (repeatable)")
     probe = parser.add_argument_group("linear_probe / fne")
-    probe.add_argument("--classifier", choices=_options.PROBE_CLASSIFIERS,
-                       help="the shallow classifier (default logreg; svm for fne)")
+    probe.add_argument("--classifier", choices=(*_options.PROBE_CLASSIFIERS, *_STREAMING),
+                       help="the shallow classifier (default logreg; svm for fne); "
+                       "logreg-stream: logreg's model solved over the features one shard at "
+                       "a time (bounded memory)")
+    probe.add_argument("--features", metavar="FEATURES_DIR",
+                       help="read the features from this folder written by `transferkit "
+                       "extract` (matched to DATA's images by content) instead of running the "
+                       "backbone; the backbone, layer and pooling are the store's")
+    probe.add_argument("--max-memory", type=float, metavar="MB",
+                       help="with --features: the memory the training features may take "
+                       f"(default {DEFAULT_MAX_MEMORY_MB}); above it logreg streams "
+                       "(logreg-stream)")
     probe.add_argument("--layer", help="layer(s) to use: a name, a comma-separated list, "
                        "'stages' or 'all' (see `transferkit backbones --layers`); default "
                        "pre_logits")
@@ -131,10 +146,61 @@ def _refuse_too_few_readable_classes(splits, skipped) -> dict[str, str]:
     return lost
 
 
+def _store_settings(method: str, features, options: dict, check_negative_transfer: bool):
+    """The opened store of ``fit --features`` and ``options`` completed with its extractor
+    settings (backbone, weights, arch, layer, pooling, normalise); refuses a method or an
+    option the store cannot serve."""
+    from transferkit.features.from_store import settings_from_store
+    from transferkit.features.shards import FeatureStore
+    from transferkit.methods import method_class
+
+    build = method_class(method)
+    if not hasattr(build(), "use_feature_store"):
+        raise TransferkitError(f"--features gives frozen features, which --method {method} does "
+                               "not train on; use linear_probe or fne.")
+    if check_negative_transfer:
+        raise TransferkitError("the negative-transfer check decodes every image for its raw-pixel "
+                               "baseline; drop --check-negative-transfer with --features.")
+    store = FeatureStore.open(features)
+    names = ("backbone", "weights", "arch", "layer", "pooling")
+    given = {name: options[name] for name in names if options.get(name) is not None}
+    settings = settings_from_store(store.manifest, given)
+    # What the method fixes (fne: its layer) must be what the store holds.
+    fixed = {name: build(**{name: value}).get_params()[name] for name, value in settings.items()}
+    fixed = {name: value for name, value in fixed.items() if value != settings[name]}
+    settings_from_store(store.manifest, fixed)
+    return store, {**options, **{k: v for k, v in settings.items() if k not in fixed}}
+
+
+def _choose_streaming(estimator, n_train: int, dim: int, max_memory: float,
+                      classifier_given: bool) -> None:
+    """Above ``max_memory`` MB of training features (as the in-memory solvers hold them),
+    the default logreg becomes logreg-stream; a classifier asked for by name that needs
+    every feature in memory is refused instead."""
+    from transferkit.features.classifiers import IN_MEMORY_BYTES_PER_VALUE, STREAMING_CLASSIFIERS
+
+    need = n_train * dim * IN_MEMORY_BYTES_PER_VALUE / 2**20
+    params = estimator.get_params()
+    classifier = params.get("classifier")
+    if need <= max_memory or classifier in STREAMING_CLASSIFIERS:
+        return
+    blocked = [flag for flag, name in (("--pca", "pca"), ("fne", "embedding"))
+               if params.get(name) is not None]
+    if classifier_given or classifier != "logreg" or blocked:
+        what = (f"--classifier {classifier}" if classifier_given or classifier != "logreg"
+                else " and ".join(blocked))
+        raise TransferkitError(f"the in-memory fit of {n_train} images of {dim} features needs "
+                               f"about {need:.0f} MB, above --max-memory {max_memory:g}, and "
+                               f"{what} needs them all in memory; use the default logreg "
+                               "(it then streams), or raise --max-memory.")
+    estimator.set_params(classifier=STREAMING_CLASSIFIERS[0])
+
+
 @removes_new_output_on_failure
 def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_probe",
         val_fraction: float = 0.2, random_state: int = 0, report: bool = True,
         check_negative_transfer: bool = False, overwrite: bool = False, fuse=(),
+        features: str | os.PathLike | None = None, max_memory: float | None = None,
         **options) -> dict:
     """Train ``method`` on the images in ``data`` and save the model in ``out``.
 
@@ -148,6 +214,14 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     transferkit, and apart from ``data``; a saved model there is replaced only with
     ``overwrite`` (see :mod:`transferkit.outputs`). Returns the summary printed by
     ``transferkit fit --json``.
+
+    ``features``: a folder written by ``transferkit extract`` to read the features from
+    (linear_probe, fne): no network runs; DATA is split as always and each image matched
+    to its row by content (:mod:`transferkit.features.from_store`); the backbone, layer
+    and pooling are the store's (others given are refused). When the training features
+    would need more than ``max_memory`` MB (default :data:`DEFAULT_MAX_MEMORY_MB`) in the
+    in-memory solvers, the default ``logreg`` becomes ``logreg-stream``, which holds one
+    shard at a time.
     """
     from transferkit.bundle import save_bundle
     from transferkit.data import load_dataset
@@ -166,17 +240,35 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
                                f"--check-negative-transfer for {method} or use one of those.")
     if fuse:
         options["backbone"] = "+".join([options.get("backbone") or DEFAULT_BACKBONE, *fuse])
+    store = None
+    if features is not None:
+        classifier_given = options.get("classifier") is not None
+        store, options = _store_settings(method, features, options, check_negative_transfer)
+    elif max_memory is not None:
+        raise TransferkitError("--max-memory applies to --features; drop it.")
     # Before reading data: a refused option (or device, precision...) costs nothing.
     estimator = _create_estimator(method, options, random_state)
     if hasattr(estimator, "_check_params"):
         estimator._check_params()
     splits = load_dataset(data, val_fraction=val_fraction, random_state=random_state)
+    if store is not None:
+        _choose_streaming(estimator, len(splits.train), store.dim,
+                          DEFAULT_MAX_MEMORY_MB if max_memory is None else max_memory,
+                          classifier_given)
     # Before any training: a refused --out costs nothing and changes nothing. A CSV may list
     # images anywhere, so the folders holding them are inputs too.
     image_folders = input_folders(*(part.paths for part in (splits.train, splits.val,
                                                             splits.test) if part is not None))
-    folder = prepare_output_folder(out, command="fit", inputs=(data, *image_folders),
+    folder = prepare_output_folder(out, command="fit", inputs=(data, *image_folders,
+                                                               *([features] if store else [])),
                                    overwrite=overwrite)
+    if store is not None:
+        from transferkit.features.from_store import StoreFeatures
+
+        every_image = [path for part in (splits.train, splits.val, splits.test)
+                       if part is not None for path in part.paths]
+        estimator.use_feature_store(StoreFeatures(store, every_image, data=str(data),
+                                                  progress=estimator.get_params().get("progress")))
     work, stale_work_error = None, ()  # () catches nothing: no work folder, no stale one
     if method == "finetune" and estimator.get_params().get("run_dir") is None:
         from transferkit.outputs import WORK_FOLDER
@@ -199,6 +291,9 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
             # "need at least two classes" hides why: say which classes were unreadable.
             _refuse_too_few_readable_classes(splits, getattr(estimator, "skipped_", []))
             raise
+    from transferkit.train.distributed import is_main_process
+    if not is_main_process():  # trained in step with the main process, which writes and reports
+        return {}
     lost_classes = _refuse_too_few_readable_classes(splits, estimator.skipped_)
     val_outputs: dict = {}
     # Scored before anything is saved: an unreadable split stops fit with one line.
@@ -218,6 +313,7 @@ def run(data: str | os.PathLike, out: str | os.PathLike, method: str = "linear_p
     summary = {
         "method": method,
         "out": str(Path(out)),
+        **({"features": str(Path(features))} if store is not None else {}),
         "backbone": getattr(estimator, "backbone", None),
         "classes": [str(c) for c in estimator.classes_],
         "dropped_classes": list(lost_classes),

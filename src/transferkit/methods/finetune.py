@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from transferkit.backbones import DEFAULT_BACKBONE
 from transferkit.data.dataset import as_paths
 from transferkit.errors import BundleError, DataError
+from transferkit.train.distributed import is_main_process
 from transferkit.train.groups import (
     classifier_name,
     describe_groups,
@@ -334,6 +335,8 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         augmented = min(int(self.views), int(self.epochs) - 1)
         train_policy = ViewPolicy(backbone.eval_transform(), backbone.train_transform(**augment),
                                   augmented, int(self.random_state))
+        # Every process of a distributed run gets here: they split the images between them.
+        options["split_between_processes"] = True
         train = prefix_activations(chain, cuts, train_paths, train_policy, **options)
         skipped.update(path for path, _ in train.skipped)
         val = None
@@ -508,7 +511,7 @@ class FineTuner(ClassifierMixin, BaseEstimator):
         if validation_skips:
             warnings.warn(f"skipped {len(validation_skips)} unreadable validation image(s): "
                           f"{', '.join(validation_skips)}", stacklevel=2)
-        if self.run_dir is not None:
+        if self.run_dir is not None and is_main_process():  # one writer under torchrun
             self._write_run_reports(Path(self.run_dir))
         return self
 

@@ -8,6 +8,12 @@ more layers (the pooled pre-logits vector by default; ``layer="fne"`` with
 default, ``classifier="logreg-cv"`` to choose it by cross-validation on the training set).
 Several backbones can be fused: ``backbone="efficientnet_lite0+efficientnet_lite2"``
 concatenates their features.
+
+The features may also come from a feature store (``fit DATA --features FEATURES_DIR``,
+:meth:`LinearProbe.use_feature_store`); ``classifier="logreg-stream"`` then trains
+``logreg``'s model over the store one shard at a time
+(:func:`~transferkit.features.classifiers.fit_logreg_streaming`), and validation and
+test images are always scored shard by shard, so memory is bounded by a shard.
 """
 
 from __future__ import annotations
@@ -37,9 +43,13 @@ from transferkit.errors import BundleError, DataError
 from transferkit.features.classifiers import (
     CLASSIFIERS,
     EMBEDDINGS,
+    LOGREG_C,
     NORMALISATIONS,
+    STREAMING_CLASSIFIERS,
     announce_fit,
+    array_chunks,
     describe_classifier,
+    fit_logreg_streaming,
     make_probe_pipeline,
 )
 from transferkit.data.dataset import as_paths
@@ -79,8 +89,8 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
 
 class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
     """Frozen backbone features + a shallow classifier (``logreg``, ``logreg-cv``, ``svm``,
-    ``knn``, ``mlp``; :func:`~transferkit.features.classifiers.describe_classifier` of
-    ``classifier_`` says which settings it has).
+    ``knn``, ``mlp``, ``logreg-stream``; :meth:`describe_classifier` says which settings
+    it has).
 
     ``X`` is a sequence of image paths. Unreadable training images are skipped with a
     warning (``skipped_`` lists them); ``predict`` raises :class:`DataError` on them.
@@ -118,6 +128,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         y = np.asarray(y)
         if len(y) != len(as_paths(X)):
             raise DataError(f"{len(as_paths(X))} images but {len(y)} labels.")
+        if self.classifier in STREAMING_CLASSIFIERS and self._reads_store():
+            return self._fit_streamed(X, y)
         result = self.extract(X)
         self.skipped_ = result.skipped
         self.extract_seconds_ = result.seconds
@@ -131,6 +143,13 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         self.classes_, encoded = encode_labels(y)
         if len(features) != len(encoded):
             raise DataError(f"{len(features)} feature rows but {len(encoded)} labels.")
+        if self.classifier in STREAMING_CLASSIFIERS:
+            from transferkit.features.shards import SHARD_ROWS
+
+            # The same solver as over a store, on chunks of a store's shard size.
+            self._fit_stream(array_chunks(features, encoded, SHARD_ROWS), len(encoded))
+            self.n_features_in_ = features.shape[1]
+            return self
         self.classifier_ = make_probe_pipeline(self.classifier, encoded, self.cv, self.random_state,
                                                embedding=self.embedding, normalise=self.normalise,
                                                pca=self.pca)
@@ -145,10 +164,71 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         self.n_features_in_ = features.shape[1]
         return self
 
+    # -- features from a store ---------------------------------------------------------
+    def use_feature_store(self, features) -> "LinearProbe":
+        """Read features from ``features`` (a
+        :class:`~transferkit.features.from_store.StoreFeatures` of the images to be fitted
+        and scored) instead of running the backbone. The parameters must name the
+        backbone, layer and pooling that made them (``fit --features`` takes them from the
+        store), so that the saved model computes the same features at predict time."""
+        self.extractor_ = features
+        return self
+
+    def _reads_store(self) -> bool:
+        return hasattr(self._extractor(), "stream")
+
+    def _check_streamable(self) -> None:
+        if self.pca is not None or self.embedding is not None:
+            raise DataError(f"--pca and the fne embedding need every training feature in memory; "
+                            f"they do not apply to --classifier {self.classifier}.")
+
+    def _fit_stream(self, chunks, n_images: int) -> None:
+        self._check_streamable()
+        from sklearn.pipeline import make_pipeline
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        announced = make_pipeline(StandardScaler(), LogisticRegression(C=LOGREG_C))
+        with announce_fit(announced, n_images, len(self.classes_), self.progress):
+            self.classifier_, self.stream_passes_ = fit_logreg_streaming(
+                chunks, len(self.classes_), normalise=self.normalise)
+
+    def _fit_streamed(self, X, y):
+        """Fit ``logreg-stream`` reading the training features one shard at a time."""
+        self._check_streamable()
+        source = self._extractor()
+        paths = as_paths(X)
+        ok, skipped = source.locate(paths)
+        self.skipped_ = skipped
+        self.extract_seconds_ = float(getattr(source, "seconds", 0.0))
+        if skipped:
+            warnings.warn(f"skipped {len(skipped)} unreadable image(s): "
+                          + "; ".join(reason for _, reason in skipped))
+        self.classes_, encoded = encode_labels(y[ok])
+        label_of = np.full(len(paths), -1, dtype=np.int64)
+        label_of[ok] = encoded
+
+        plan = source.plan(paths)  # once: every pass reads the same rows
+
+        def chunks():
+            for positions, features in source.read(plan):
+                yield features, label_of[positions]
+
+        self._fit_stream(chunks, len(encoded))
+        self.n_features_in_ = int(source.dim)
+        return self
+
     def describe_classifier(self) -> str:
         """Which classifier was fitted, with the settings it has or chose (for fit's summary)."""
         check_is_fitted(self, "classifier_")
-        return describe_classifier(self.classifier_)
+        described = describe_classifier(self.classifier_)
+        if self.classifier not in STREAMING_CLASSIFIERS:
+            return described
+        # "logreg (C=0.1), standardised" -> "logreg-stream (C=0.1, L-BFGS ...), standardised"
+        head, _, rest = described.partition(")")
+        passes = getattr(self, "stream_passes_", None)
+        solved = "L-BFGS over chunks" + (f", {passes} passes" if passes else "")
+        return f"{self.classifier} ({head.partition('(')[2]}, {solved}){rest}"
 
     # -- prediction -------------------------------------------------------------------
     def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
@@ -168,12 +248,36 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def embed_paths(self, X):
-        """(features of the readable images, ok mask): what the report maps in 2-D."""
+        """(features of the readable images, ok mask): what the report maps in 2-D.
+        Trained from a store by ``logreg-stream``, where all of them need not fit in
+        memory: a seeded sample of as many as the report maps, the others marked not ok."""
+        if self.classifier in STREAMING_CLASSIFIERS and self._reads_store():
+            from transferkit.report.html import MAP_MAX_POINTS
+
+            paths = as_paths(X)
+            ok, _ = self._extractor().locate(paths)
+            kept = np.flatnonzero(ok)
+            if len(kept) > MAP_MAX_POINTS:
+                rng = np.random.default_rng(self.random_state)
+                kept = np.sort(rng.choice(kept, MAP_MAX_POINTS, replace=False))
+            sample = np.zeros(len(paths), dtype=bool)
+            sample[kept] = True
+            return self._extractor().extract([paths[i] for i in kept]).features, sample
         result = self.extract(X)
         return result.features, result.ok
 
     def predict_paths(self, X):
-        """(probabilities of readable images, ok mask, skipped list) — skips bad files."""
+        """(probabilities of readable images, ok mask, skipped list) — skips bad files.
+        From a store, the images are scored one shard at a time."""
+        if self._reads_store():
+            check_is_fitted(self, "classifier_")
+            source = self._extractor()
+            paths = as_paths(X)
+            ok, skipped = source.locate(paths)
+            proba = np.zeros((len(paths), len(self.classes_)))
+            for positions, features in source.stream(paths):
+                proba[positions] = self.predict_proba_features(features)
+            return proba[ok], ok, skipped
         result = self.extract(X)
         return self.predict_proba_features(result.features), result.ok, result.skipped
 
@@ -200,7 +304,7 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         check_config(folder, config, _CONFIG_SCHEMA, cls, _NOT_SAVED)
         params = config["params"]
         check_param_values(folder, params, {
-            "classifier": CLASSIFIERS, "pooling": POOLINGS, "runtime": RUNTIMES,
+            "classifier": CLASSIFIERS + STREAMING_CLASSIFIERS, "pooling": POOLINGS, "runtime": RUNTIMES,
             "embedding": (None, *EMBEDDINGS), "normalise": (None, *NORMALISATIONS)},
             positive=("batch_size",))
         _check_pca(folder, params.get("pca"))

@@ -379,7 +379,8 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
                        backbone_identity: dict, cache_dir=None, use_cache: bool = True,
                        batch_size: int = 32, num_workers: int | None = None,
                        runtime: str = "auto", device: str = "cpu",
-                       progress: bool = False) -> PrefixActivations:
+                       progress: bool = False, split_between_processes: bool = False
+                       ) -> PrefixActivations:
     """The chain's activations at ``cuts`` for every view of every image in ``paths``.
 
     ``backbone_identity`` names the network the prefix comes from; cache entries are
@@ -388,7 +389,42 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
     (``cache_dir``, default as the feature cache) are read, the rest computed through
     the fast runtime in one pass that emits every cut, and stored. Unreadable images
     are left out (``ok``) and listed in ``skipped``.
+
+    ``split_between_processes``: every process of a distributed run (``torchrun``,
+    ``accelerate launch``) makes this same call, as fine-tuning does before it trains;
+    each then computes and caches its share of the images, waits for the others, and
+    reads the whole set from the cache. An entry a process cannot find there (a cache
+    folder not shared between machines) it computes itself, so the result never depends
+    on the file system. Without it (a call only one process makes, such as prediction
+    after training) each process computes what it needs. Either way entries are written
+    atomically, so two processes writing one entry leave one whole file.
     """
+    from transferkit.train import distributed
+
+    options = dict(backbone_identity=backbone_identity, cache_dir=cache_dir, use_cache=use_cache,
+                   batch_size=batch_size, num_workers=num_workers, runtime=runtime, device=device)
+    if not (split_between_processes and distributed.is_distributed() and use_cache):
+        return _prefix_activations(chain, cuts, paths, policy, progress=progress, **options)
+    paths = [str(p) for p in paths]
+    rank, world = distributed.process_index(), distributed.world_size()
+    share = _prefix_activations(chain, cuts, paths[rank::world], policy,
+                                progress=progress and rank == 0, **options)
+    distributed.barrier()
+    result = _prefix_activations(chain, cuts, paths, policy, progress=False, **options)
+    computed_by_all = sum(distributed.gather_objects(share.n_computed))
+    result.n_cached = max(0, result.n_cached - computed_by_all)
+    result.n_computed += computed_by_all
+    return result
+
+
+def _prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: ViewPolicy,
+                        backbone_identity: dict, cache_dir=None, use_cache: bool = True,
+                        batch_size: int = 32, num_workers: int | None = None,
+                        runtime: str = "auto", device: str = "cpu",
+                        progress: bool = False) -> PrefixActivations:
+    """:func:`prefix_activations` in this process alone."""
+    import os
+
     from tqdm.auto import tqdm
 
     from transferkit.features.runtime import make_runtime
@@ -441,7 +477,10 @@ def prefix_activations(chain: NetworkChain, cuts: list[int], paths, policy: View
                                  "weights": chain.prefix_digest(max(cuts))})
             onnx_path = root / "onnx" / f"prefix-{key}.onnx"
         module = chain.taps(cuts).eval()
-        run = make_runtime(module, input_shape, runtime, onnx_path, device=device)
+        # Processes sharing a machine share its cores (None: ONNX Runtime takes them all).
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        threads = max(1, (os.cpu_count() or 1) // local_processes) if local_processes > 1 else None
+        run = make_runtime(module, input_shape, runtime, onnx_path, device=device, threads=threads)
         dataset = _ViewImages([paths[i] for i in todo], [digests[i] for i in todo],
                               [needed[i] for i in todo], policy)
         workers = 0 if len(todo) <= 8 else default_workers(num_workers)
@@ -499,10 +538,13 @@ class CachedViews(Dataset):
 
 class OneViewPerImage(Sampler):
     """Each epoch: every image once, in random order, each as one of its views drawn at
-    random (torch's global RNG: seeded and checkpointed by the training loop)."""
+    random (from ``generator`` when set, else torch's global RNG: seeded and checkpointed
+    by the training loop, which sets ``generator`` when several processes share the
+    order)."""
 
     def __init__(self, n_images: int, n_views: int, shuffle: bool):
         self.n_images, self.n_views, self.shuffle = n_images, n_views, shuffle
+        self.generator = None
 
     def __len__(self) -> int:
         return self.n_images
@@ -511,8 +553,8 @@ class OneViewPerImage(Sampler):
         if not self.shuffle:
             yield from ((i, 0) for i in range(self.n_images))
             return
-        order = torch.randperm(self.n_images).tolist()
-        views = torch.randint(self.n_views, (self.n_images,)).tolist()
+        order = torch.randperm(self.n_images, generator=self.generator).tolist()
+        views = torch.randint(self.n_views, (self.n_images,), generator=self.generator).tolist()
         yield from ((i, views[i]) for i in order)
 
 

@@ -130,8 +130,18 @@ def make_accelerator(device: str = "auto", precision: str = "fp32"):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
+    from transferkit.train.distributed import is_distributed
+
     mixed = PRECISIONS[precision]
     cpu = device == "cpu"
+    if is_distributed():
+        # Accelerate joins a launcher's processes on CPUs (gloo) only when told they run
+        # on CPUs: without it, "auto" on a machine without a GPU trains each one alone.
+        cpu = resolves_to_cpu(device)
+        if PartialState._shared_state and (PartialState().device.type == "cpu") != cpu:
+            raise TrainConfigError(
+                f"device {device!r} differs from the one this distributed run already uses "
+                f"({PartialState().device.type}); give every training of the run the same --device.")
     if AcceleratorState._shared_state:
         state = AcceleratorState()
         changed = state.mixed_precision != mixed or (cpu and state.device.type != "cpu") or (
@@ -177,11 +187,17 @@ def _fingerprint(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_pe
 
 
 def _run_epoch(model, loader, step_fn, accelerator, config, optimizer=None, scheduler=None,
-               desc="") -> tuple[float, float, int]:
-    """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy, items)."""
+               desc="", average=False) -> tuple[float, float, int]:
+    """One pass; trains when ``optimizer`` is given. Returns (mean loss, accuracy, items),
+    summed over the processes. ``average``: several processes train one model, and each
+    step's gradients are averaged over them (see
+    :func:`transferkit.train.distributed.average_gradients`)."""
     from tqdm.auto import tqdm
 
+    from transferkit.train.distributed import average_gradients
+
     training = optimizer is not None
+    trainable = [p for group in optimizer.param_groups for p in group["params"]] if training else []
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, items
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=not config.progress or not accelerator.is_local_main_process)
@@ -192,15 +208,25 @@ def _run_epoch(model, loader, step_fn, accelerator, config, optimizer=None, sche
                 batch = _channels_last(batch)
             loss, correct, n_items = step_fn(model, batch)
             n_items = int(n_items)
-            if n_items == 0:
-                continue
-            if training:
-                accelerator.backward(loss)
+            if training and average:
+                # Every process joins every step's all-reduce, even one whose batch held no
+                # readable image, and steps with the averaged gradients; a step no process
+                # had items for is skipped by all of them.
+                if n_items > 0:
+                    accelerator.backward(loss)
+                stepping = average_gradients(trainable, n_items > 0)
+            else:
+                stepping = n_items > 0
+                if training and stepping:
+                    accelerator.backward(loss)
+            if training and stepping:
                 if config.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            if n_items == 0:
+                continue
             value = float(loss.detach())
             totals += torch.tensor([value * n_items, float(correct), n_items], dtype=torch.float64)
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}")
@@ -238,9 +264,15 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     """
     from accelerate.utils import set_seed
 
+    from transferkit.train import distributed
+
     config.validate()
     accelerator = make_accelerator(config.device, config.precision)
     checkpoints = CheckpointDir(run_dir) if run_dir is not None else None
+    # Several processes (torchrun / accelerate launch): each trains on its share of the
+    # batches; the main process alone reads and writes the run folder and hands what it
+    # read to the others, so a run folder need not be visible to every machine.
+    several = accelerator.num_processes > 1
 
     set_seed(config.seed)
     if config.channels_last:
@@ -256,7 +288,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     mismatch = (f"{run_dir} holds a checkpoint of a different training run (other settings or "
                 "data). Give a new run folder, or delete it to start over.")
     if checkpoints is not None and config.resume:
-        final = checkpoints.load_final()
+        final = distributed.on_main_process(checkpoints.load_final) if several else \
+            checkpoints.load_final()
         if final is not None:  # this run already completed: reproduce its end state
             weights, result = final
             # A completed run of other settings (say fewer epochs) must not stand in for this one.
@@ -265,15 +298,28 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
             accelerator.unwrap_model(model).load_state_dict(weights)
             return TrainResult(result["history"], result["best_epoch"], result["epochs_run"],
                                result["stopped_early"], model)
-    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
+    if several:
+        epoch_order = _seed_epoch_order(train_loader)
+        # No DDP wrapper (see distributed.average_gradients): the model is only placed on
+        # the device (and given autocast); its gradients are averaged after each backward.
+        model = accelerator.prepare_model(model, evaluation_mode=True)
+        optimizer, train_loader, scheduler = accelerator.prepare(optimizer, train_loader, scheduler)
+        if val_loader is not None:
+            val_loader = _shard_without_padding(val_loader, accelerator)
+    else:
+        epoch_order = None
+        model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader,
+                                                                        scheduler)
+        if val_loader is not None:
+            val_loader = accelerator.prepare(val_loader)
 
     history: list[dict] = []
     best_loss, best_epoch, bad_epochs, start_epoch = math.inf, None, 0, 0
     best_state: dict | None = None
     stopped_early = False
-    loaded = checkpoints.load() if checkpoints is not None and config.resume else None
+    loaded = None
+    if checkpoints is not None and config.resume:
+        loaded = distributed.on_main_process(checkpoints.load) if several else checkpoints.load()
     if loaded is not None:
         weights, best_state, state, progress = loaded
         if progress.get("fingerprint") != fingerprint:
@@ -283,22 +329,34 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and "scaler" in state:
             accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        # Each process resumes its own random streams when the run had as many processes.
+        per_process = state.get("rng_per_process")
+        if several and per_process and len(per_process) == accelerator.num_processes:
+            set_rng_state(per_process[accelerator.process_index])
+        else:
+            set_rng_state(state["rng"])
         history = progress["history"]
         best_loss = progress["best_loss"] if progress["best_loss"] is not None else math.inf
         best_epoch, bad_epochs = progress["best_epoch"], progress["bad_epochs"]
         start_epoch = progress["epoch"]
         stopped_early = progress["stopped_early"]
 
+    if several:  # one model: the copies start equal (a resumed one from the main process's)
+        distributed.broadcast_module(accelerator.unwrap_model(model))
+
     # A run interrupted after its stopping epoch was checkpointed trains no further.
     first_epoch = config.epochs + 1 if stopped_early else start_epoch + 1
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
+        if epoch_order is not None:
+            epoch_order(config.seed, epoch)
         model.train()
         keep_frozen_batchnorm_eval(model)
         desc = f"{config.desc} {epoch}/{config.epochs}"
         train_loss, train_acc, _ = _run_epoch(model, train_loader, step_fn, accelerator, config,
-                                              optimizer, scheduler, desc)
+                                              optimizer, scheduler, desc, average=several)
+        if several:
+            distributed.average_buffers(accelerator.unwrap_model(model))
         val_loss = val_acc = None
         if val_loader is not None:
             model.eval()
@@ -311,7 +369,14 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
         if evaluate is not None:
             model.eval()
             with torch.no_grad():
-                row.update(evaluate(accelerator.unwrap_model(model)))
+                if several:
+                    # Computed once, by the main process, so every process follows the same
+                    # monitored value to the same early-stopping and best-epoch decision.
+                    row.update(distributed.on_main_process(evaluate, accelerator.unwrap_model(model)))
+                else:
+                    row.update(evaluate(accelerator.unwrap_model(model)))
+        if several:  # the same row everywhere (seconds and all), hence the same decisions
+            row = distributed.broadcast_object(row)
         history.append(row)
 
         improved = False
@@ -327,9 +392,12 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
             stopped_early = config.patience is not None and bad_epochs >= config.patience
 
         if checkpoints is not None:
+            rng_per_process = distributed.gather_objects(rng_state()) if several else None
             if accelerator.is_main_process:
                 state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "rng": rng_state()}
+                if rng_per_process is not None:
+                    state["rng_per_process"] = rng_per_process
                 if accelerator.scaler is not None:
                     state["scaler"] = accelerator.scaler.state_dict()
                 progress = {"epoch": epoch, "history": history, "fingerprint": fingerprint,
@@ -358,6 +426,51 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
                                {"history": history, "best_epoch": result.best_epoch,
                                 "epochs_run": result.epochs_run, "stopped_early": stopped_early,
                                 "fingerprint": fingerprint})
+    if several:  # the next stage's main process may read what this one just wrote
+        accelerator.wait_for_everyone()
     accelerator.free_memory()
     return result
+
+
+def _seed_epoch_order(train_loader) -> Callable[[int, int], None] | None:
+    """With several processes, a function ``(seed, epoch)`` that sets the training
+    sampler's shuffling for an epoch, or None when the sampler draws no random order.
+
+    Accelerate hands the sampler's generator from the main process to the others at each
+    epoch, so that they split one order between them; seeding it from (seed, epoch)
+    makes that order also independent of what ran before, so a run resumed after a kill
+    shuffles as the uninterrupted one did.
+    """
+    from accelerate.data_loader import get_sampler
+
+    sampler = get_sampler(train_loader)
+    if not hasattr(sampler, "generator"):
+        return None
+    generator = torch.Generator()
+    sampler.generator = generator
+
+    def seed_epoch(seed: int, epoch: int) -> None:
+        generator.manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+    return seed_epoch
+
+
+def _shard_without_padding(val_loader, accelerator):
+    """Each process's share of the validation batches, with no batch repeated.
+
+    ``accelerator.prepare`` would make every process's share equally long by repeating
+    the first items (``even_batches``), and summing those shares then scores the repeats
+    twice. Training needs equal shares (every step's all-reduce needs every process);
+    validation does not, so its loader is sharded here with ``even_batches=False``: the
+    shares together hold each item exactly once, and summed (loss, correct, items) give
+    the metrics of exactly the validation set. Cheaper than ``gather_for_metrics`` too,
+    which would gather every item's predictions rather than three sums.
+    """
+    from accelerate.data_loader import prepare_data_loader
+
+    return prepare_data_loader(val_loader, device=accelerator.device,
+                               num_processes=accelerator.num_processes,
+                               process_index=accelerator.process_index,
+                               put_on_device=accelerator.device_placement, rng_types=None,
+                               even_batches=False)
 
