@@ -6,8 +6,8 @@ Omniglot, Oxford flowers, PH2, sign-language digits: about 24,000 files), listed
 with the data set's name as the label, and a seeded, stratified subset of 5,000 of them.
 Each measurement runs the CLI in a subprocess with a fresh, empty feature cache
 (``TRANSFERKIT_CACHE_DIR``) and polls the summed resident memory of the whole process
-tree (the Ray runs include the raylet, the object store and the actor processes; pages
-shared between processes are counted once per process, so it is an upper bound):
+tree every few seconds (PSS: the Ray runs include the raylet, the object store and the
+actor processes; a page shared by k processes counts 1/k in each):
 
 * ``transferkit extract CSV --out DIR --engine local`` and ``--engine ray --actors 1|2``
   (a local Ray instance started by the command): images/s end to end, the Ray runs as a
@@ -55,6 +55,7 @@ COLLECTION_SETS = ("hymenoptera", "mnist_m", "office31", "omniglot_small", "oxfo
                    "ph2", "sign_language_digits")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 TARGET_RAY_RATIO = 0.85  # Ray at the same CPU budget within 15% of the local engine
+PSS_EVERY = 5.0  # seconds between two readings of the process tree's memory
 ENGINES = {"local": ["--engine", "local"],
            "ray1": ["--engine", "ray", "--actors", "1"],
            "ray2": ["--engine", "ray", "--actors", "2"]}
@@ -106,23 +107,36 @@ class Run:
     summary: dict | None
 
 
-def _tree_rss(process) -> int:
+def _tree_members(process) -> list:
+    import psutil
+
+    try:
+        return [process] + process.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _tree_memory(members, proportional: bool) -> int:
+    """Summed memory of a process tree: resident (RSS, cheap to read) or proportional
+    (PSS: a page shared by k processes counts 1/k in each, so Ray's shared object store
+    and libraries are not counted once per worker; reading it costs a walk of every
+    mapping, so it is sampled less often)."""
     import psutil
 
     total = 0
-    try:
-        members = [process] + process.children(recursive=True)
-    except psutil.Error:
-        return 0
     for member in members:
         try:
-            total += member.memory_info().rss
+            if proportional:
+                info = member.memory_full_info()
+                total += getattr(info, "pss", info.rss)
+            else:
+                total += member.memory_info().rss
         except psutil.Error:
             pass
     return total
 
 
-def run_cli(argv: list[str], env: dict, stop_when=None, poll: float = 0.25) -> Run:
+def run_cli(argv: list[str], env: dict, stop_when=None, poll: float = 1.0) -> Run:
     """Run ``transferkit ARGV --json --quiet``; poll the process tree's memory; kill the
     whole group when ``stop_when()`` turns true."""
     import psutil
@@ -131,9 +145,14 @@ def run_cli(argv: list[str], env: dict, stop_when=None, poll: float = 0.25) -> R
     process = subprocess.Popen([*transferkit_command(), *argv, "--json", "--quiet"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                start_new_session=True)
-    watched, peak = psutil.Process(process.pid), 0
+    # Polling must not cost the run it measures: the tree is listed and its PSS read
+    # every PSS_EVERY seconds only (Ray's tree has a dozen processes).
+    watched, peak, last_pss = psutil.Process(process.pid), 0, -PSS_EVERY
     while process.poll() is None:
-        peak = max(peak, _tree_rss(watched))
+        now = time.perf_counter()
+        if now - last_pss >= PSS_EVERY:
+            peak = max(peak, _tree_memory(_tree_members(watched), proportional=True))
+            last_pss = now
         if stop_when is not None and stop_when():
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
@@ -169,8 +188,14 @@ def measure_extraction(csv_path: Path, n: int, engines, scratch: Path) -> list[d
         log(f"extract {n} images, engine {engine}")
         run = run_cli(["extract", str(csv_path), "--out", str(store), *ENGINES[engine]],
                       fresh_env(scratch))
+        summary = run.summary or {}
         rows.append({"engine": engine, "images": n, "wall": run.wall,
-                     "images_per_s": n / run.wall, "peak_rss_mb": run.peak_rss_mb,
+                     "images_per_s": n / run.wall if run.returncode == 0 else float("nan"),
+                     # The engine alone: after listing and hashing, without Ray's start
+                     # (instance, actors, network loaded) before the first batch returned.
+                     "engine_images_per_s": n / max(1e-9, summary.get("engine_seconds", 0)
+                                                    - summary.get("startup_seconds", 0)),
+                     "startup_s": summary.get("startup_seconds"), "peak_rss_mb": run.peak_rss_mb,
                      "ok": run.returncode == 0, "store": str(store),
                      "skipped": (run.summary or {}).get("n_skipped")})
         log(f"  {n / run.wall:.1f} images/s, peak {run.peak_rss_mb:.0f} MB")
@@ -226,18 +251,29 @@ def measure_fit(csv_path: Path, n: int, store: Path, scratch: Path) -> list[dict
 
 def render(machine: str, extraction, resume, fits, command: str) -> str:
     lines = [f"Command: `{command}`", "", f"Machine: {machine}", ""]
-    lines += ["| engine | images | wall s | images/s | vs local | peak memory (process tree) |",
-              "|---|---:|---:|---:|---:|---:|"]
-    local = {row["images"]: row["images_per_s"] for row in extraction if row["engine"] == "local"}
+    lines += ["| engine | images | wall s | images/s end to end | vs local | Ray start s | "
+              "images/s after start | vs local | peak memory (PSS, process tree) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    local = {row["images"]: row for row in extraction if row["engine"] == "local" and row["ok"]}
     for row in extraction:
-        ratio = row["images_per_s"] / local[row["images"]] if row["images"] in local else None
-        mark = ""
-        if ratio is not None and row["engine"] == f"ray{cpu_cores()}":
-            mark = " " + verdict(ratio >= TARGET_RAY_RATIO)
+        if not row["ok"]:
+            lines.append(f"| {row['engine']} | {row['images']} | failed | | | |")
+            continue
+        base = local.get(row["images"])
+        ratios = []
+        for key in ("images_per_s", "engine_images_per_s"):
+            if base is None:
+                ratios.append("—")
+                continue
+            ratio = row[key] / base[key]
+            same_budget = row["engine"] == f"ray{cpu_cores()}"
+            ratios.append(f"{ratio:.2f}" + (" " + verdict(ratio >= TARGET_RAY_RATIO)
+                                            if same_budget else ""))
+        start = "—" if row["startup_s"] is None else f"{row['startup_s']:.0f}"
         lines.append(f"| {row['engine']} | {row['images']} | {row['wall']:.0f} | "
-                     f"{row['images_per_s']:.1f} | "
-                     + ("—" if ratio is None else f"{ratio:.2f}{mark}")
-                     + f" | {row['peak_rss_mb']:.0f} MB |")
+                     f"{row['images_per_s']:.1f} | {ratios[0]} | {start} | "
+                     f"{row['engine_images_per_s']:.1f} | {ratios[1]} | "
+                     f"{row['peak_rss_mb']:.0f} MB |")
     if resume:
         lines += ["", "| resume (local) | images | killed after s | rows kept | restart s | "
                   "rows after | rerun of a complete store s |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -274,10 +310,11 @@ def main(argv=None) -> None:
     rows = collection_rows(args.datasets)
     log(f"collection: {len(rows)} images from {len(COLLECTION_SETS)} data sets")
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="bench-scale-out-"))
-    scratch.mkdir(parents=True, exist_ok=True)
+    # The CSVs in a folder of their own: extract never writes inside its input's folder.
+    (scratch / "data").mkdir(parents=True, exist_ok=True)
     extraction, fits, resume = [], [], None
     for size in args.sizes:
-        csv_path = write_collection(rows, None if size == "all" else int(size), scratch)
+        csv_path = write_collection(rows, None if size == "all" else int(size), scratch / "data")
         n = sum(1 for _ in open(csv_path)) - 1
         engines = args.engines_at_all if size == "all" and args.engines_at_all else args.engines
         measured = measure_extraction(csv_path, n, engines, scratch)

@@ -184,3 +184,26 @@ def test_a_tampered_listing_or_shard_is_refused(tmp_path):
     assert "\n" not in str(caught.value)
     with pytest.raises(FeatureStoreError, match="not a feature store"):
         FeatureStore.open(tmp_path)
+
+
+def test_a_second_process_cannot_write_a_store_another_one_is_writing(tmp_path):
+    # A second extract into the same folder would remove the first run's temporary shard
+    # files as "leftovers" and make its rename fail: it is refused, and the file stays.
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path / "features")
+    temporary = tmp_path / "features" / "shards" / ".part-00001.parquet.inflight.tmp"
+    temporary.write_bytes(b"being written")
+    script = ("import sys; sys.path.insert(0, sys.argv[2]); from test_shards import make_store; "
+              "from transferkit.features.shards import FeatureStoreError\n"
+              "try:\n    make_store(sys.argv[1])\nexcept FeatureStoreError as e:\n    print(e)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "features"),
+                           os.path.dirname(__file__)], capture_output=True, text=True, timeout=120)
+    assert "another `transferkit extract` is writing this feature store" in done.stdout, done.stderr
+    assert temporary.read_bytes() == b"being written"
+    store.release()  # the run ends: the next one may write (and clears what is left over)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "features"),
+                           os.path.dirname(__file__)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert not temporary.exists()

@@ -123,7 +123,7 @@ def test_a_killed_run_resumes_with_only_the_missing_shards(split_folder, tmp_pat
             "--arch", arch, "--shard-rows", "4", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_SHARD, *args], env=env,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     shards = out / "shards"
     assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(".")) == \

@@ -154,10 +154,16 @@ class StoreFeatures:
         """``(positions, features)`` for each entry of a :meth:`plan`: ``features[i]``
         (float32) is the feature of the path at ``positions[i]``. One shard's features are
         in memory at a time."""
-        from transferkit.features.shards import feature_matrix
+        from transferkit.features.shards import FeatureStoreError, feature_matrix
 
         for shard, rows, positions in plan:
             matrix, present = feature_matrix(self.store.read_shard(shard, ["feature"]))
+            if not present[rows].all():
+                # A row with no error must have a feature; without this check the compact
+                # index below handed it its neighbour's feature, silently.
+                raise FeatureStoreError(f"{self.store.shard_path(shard)}: a row that records no "
+                                        "error has no feature (a damaged shard); delete it and "
+                                        "run `transferkit extract` again.")
             compact = np.cumsum(present) - 1  # row of the shard -> row of matrix
             yield positions, matrix[compact[rows]]
 

@@ -90,9 +90,11 @@ class ShardExtractor:
     def __call__(self, batch):
         import pyarrow as pa
 
-        from transferkit.features.shards import extract_chunk
+        from transferkit.features.shards import extract_chunk, utf8_text
 
-        paths = batch.column("path").to_pylist()
+        # Bytes (see _input_blocks), back to the str Python gave the file name.
+        paths = [path.decode("utf-8", "surrogateescape")
+                 for path in batch.column("path").to_pylist()]
         digests, features, errors = extract_chunk(
             self.extractor, self.root, [(p, None, None) for p in paths], self.normalise)
         dim = features.shape[1]
@@ -100,7 +102,8 @@ class ShardExtractor:
             "shard": batch.column("shard"), "row": batch.column("row"),
             "sha256": pa.array(digests, type=pa.string()),
             "feature": pa.FixedSizeListArray.from_arrays(pa.array(features.reshape(-1)), dim),
-            "error": pa.array(errors, type=pa.string())})
+            "error": pa.array([None if e is None else utf8_text(e) for e in errors],
+                              type=pa.string())})
 
 
 def _input_blocks(store, missing: list[int], pool: int):
@@ -119,7 +122,10 @@ def _input_blocks(store, missing: list[int], pool: int):
             paths.append(path)
     table = pa.table({"shard": pa.array(shards, type=pa.int64()),
                       "row": pa.array(rows, type=pa.int64()),
-                      "path": pa.array(paths, type=pa.string())})
+                      # Bytes, not strings: a file name need not be valid UTF-8 (Linux
+                      # allows any bytes), and an Arrow string must be.
+                      "path": pa.array([path.encode("utf-8", "surrogateescape") for path in paths],
+                                       type=pa.binary())})
     size = max(1, min(BATCH, math.ceil(table.num_rows / (4 * pool))))
     return [table.slice(first, size) for first in range(0, table.num_rows, size)]
 

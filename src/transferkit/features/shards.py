@@ -53,10 +53,31 @@ SPLITS = ("train", "val", "test")
 _LEFTOVER = re.compile(r"^\.part-\d+\.parquet\..+\.tmp$")
 
 ListingRow = tuple[str, "str | None", "str | None"]
+# A shard row's text (path, digest, label, split, error) takes at most this many bytes,
+# generously: a path is at most 4096 bytes on Linux, an error names it and says why.
+_TEXT_BYTES_PER_ROW = 64 * 1024
+# Control characters (a newline, a tab) are legal in file names; written raw into the
+# line-per-image skipped.txt they would split one image's line in two, or forge a line.
+# (str.splitlines also splits at U+0085, U+2028 and U+2029.)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class FeatureStoreError(DataError):
     """A feature store is missing, damaged, or holds other features than asked for."""
+
+
+def escape_control(text: str) -> str:
+    """``text`` with each control character written as Python escapes it (a newline as
+    ``\\n``, a tab as ``\\t``): one line, one column, for skipped.txt and the terminal."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
+def utf8_text(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not (Linux allows any bytes; Python
+    reads them as lone surrogates) has its odd bytes written as ``\\xff``. Parquet
+    strings must be UTF-8, and the shard's path, label and error columns are for people
+    (rows are matched by sha256, chunks are cut from listing.json, which keeps the bytes)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def shard_name(index: int) -> str:
@@ -139,9 +160,13 @@ def _read_json(path: Path, what: str):
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested deep
         raise FeatureStoreError(f"{path}: cannot read the {what} ({exc}); this feature store is "
                                 "damaged: extract again into a new folder.") from exc
+
+
+# Writer locks this process holds: real path of a store → [descriptor, holders].
+_WRITER_LOCKS: dict[str, list] = {}
 
 
 class FeatureStore:
@@ -214,10 +239,53 @@ class FeatureStore:
             root.mkdir(parents=True, exist_ok=True)
             write_json_atomic(root / MANIFEST, manifest)  # first: it marks the folder as ours
             store = cls(root, manifest, listing)
+        store._hold_writer_lock()
         store._write_listing_if_missing(listing)
         (root / SHARDS).mkdir(exist_ok=True)
         store._remove_leftover_temporaries()
         return store
+
+    def _hold_writer_lock(self) -> None:
+        """One writing process per store: a second ``extract`` into the same folder while
+        the first runs would remove the first one's temporary shard files as leftovers.
+        The lock is an advisory ``flock`` on the manifest, taken once per process and
+        store (objects of one process share it) and released by the OS when the process
+        ends, however it ends."""
+        import fcntl
+
+        key = os.path.realpath(self.root)
+        if key in _WRITER_LOCKS:
+            _WRITER_LOCKS[key][1] += 1
+        else:
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            try:
+                handle = os.open(self.root / MANIFEST, flags)
+            except OSError as exc:
+                raise FeatureStoreError(f"{self.root / MANIFEST}: cannot open it "
+                                        f"({exc.strerror}); this feature store is damaged: "
+                                        "extract again into a new folder.") from exc
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(handle)
+                raise FeatureStoreError(f"{self.root}: another `transferkit extract` is writing "
+                                        "this feature store now; wait for it to finish "
+                                        "(nothing was changed).") from exc
+            _WRITER_LOCKS[key] = [handle, 1]
+        self._writer_lock = key
+
+    def release(self) -> None:
+        """Let another process write (the end of an ``extract`` run)."""
+        key, self._writer_lock = getattr(self, "_writer_lock", None), None
+        held = _WRITER_LOCKS.get(key) if key is not None else None
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del _WRITER_LOCKS[key]
+                os.close(held[0])  # closing the descriptor drops its flock
+
+    def __del__(self):
+        self.release()
 
     @classmethod
     def _reopen(cls, root: Path, wanted: dict, entries: list[str]) -> "FeatureStore":
@@ -241,6 +309,21 @@ class FeatureStore:
                 raise FeatureStoreError(f"{root / name}: is a symbolic link, and transferkit "
                                         "never writes through one; remove it (nothing was "
                                         "changed).")
+        # A store from elsewhere may hold a folder where a file of ours goes, or a file
+        # where the shards folder goes: os.replace / mkdir would then fail with a
+        # traceback, after the extraction work. Refused now, in one line.
+        wrong = [root / name for name, folder in ((LISTING, False), (SKIPPED, False),
+                                                  (SHARDS, True))
+                 if os.path.lexists(root / name) and not os.path.islink(root / name)
+                 and (root / name).is_dir() != folder]
+        if (root / SHARDS).is_dir() and not wrong:
+            wrong = [entry for entry in (root / SHARDS).iterdir()
+                     if re.fullmatch(r"part-\d+\.parquet", entry.name)
+                     and entry.is_dir() and not entry.is_symlink()]
+        if wrong:
+            raise FeatureStoreError(f"{wrong[0]}: is not what a feature store holds there (a "
+                                    "folder for a file, or a file for the shards folder); "
+                                    "remove it or give a new folder (nothing was changed).")
         return store
 
     def _write_listing_if_missing(self, listing: list[ListingRow]) -> None:
@@ -291,6 +374,9 @@ class FeatureStore:
 
     def missing(self) -> list[int]:
         """Indices of the shards not written yet."""
+        # The listing first: it checks the manifest's n_images (so n_shards), which a
+        # tampered manifest could set to billions, each one a stat() call here.
+        self.listing  # noqa: B018 (read and checked once; every caller reads it anyway)
         return [i for i in range(self.n_shards) if not self.shard_path(i).is_file()]
 
     def complete(self) -> bool:
@@ -328,12 +414,14 @@ class FeatureStore:
         flat = pa.array(matrix.reshape(-1), type=pa.float32())
         feature = pa.FixedSizeListArray.from_arrays(flat, self.dim, mask=pa.array(~valid))
         table = pa.table({
-            "path": pa.array([row[0] for row in rows], type=pa.string()),
+            "path": pa.array([utf8_text(row[0]) for row in rows], type=pa.string()),
             "sha256": pa.array(list(sha256), type=pa.string()),
-            "label": pa.array([row[1] for row in rows], type=pa.string()),
+            "label": pa.array([None if row[1] is None else utf8_text(row[1]) for row in rows],
+                              type=pa.string()),
             "split": pa.array([row[2] for row in rows], type=pa.string()),
             "feature": feature,
-            "error": pa.array([None if e is None else str(e) for e in errors], type=pa.string()),
+            "error": pa.array([None if e is None else utf8_text(str(e)) for e in errors],
+                              type=pa.string()),
         })
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
@@ -349,7 +437,7 @@ class FeatureStore:
             if path.is_file() and not path.is_symlink():
                 path.unlink()  # ours, from an earlier run of this store
             return None
-        text = "".join(f"{p}\t{' '.join(reason.splitlines())}\n" for p, reason in skipped)
+        text = "".join(f"{escape_control(p)}\t{escape_control(reason)}\n" for p, reason in skipped)
         write_bytes_atomic(path, text.encode("utf-8", "surrogateescape"))
         return path
 
@@ -360,8 +448,18 @@ class FeatureStore:
         import pyarrow.parquet as pq
 
         path = self.shard_path(index)
+        expected = len(self.chunk(index))
+        names = list(COLUMNS if columns is None else columns)
         try:
-            table = pq.read_table(path, columns=None if columns is None else list(columns))
+            # The footer first: rows, columns, types and size are checked before any data
+            # is loaded, so a shard from elsewhere that declares a billion rows (a few kB
+            # compressed) is refused without filling memory.
+            metadata = pq.read_metadata(path)
+            schema = metadata.schema.to_arrow_schema()
+            self._check_shard_metadata(path, metadata, schema, expected)
+            table = pq.read_table(path, columns=names)
+        except FeatureStoreError:
+            raise  # a DataError, hence a ValueError: not to be re-worded below
         except FileNotFoundError as exc:
             raise FeatureStoreError(f"{path}: missing; the store is incomplete: run "
                                     "`transferkit extract` again to finish it.") from exc
@@ -369,24 +467,55 @@ class FeatureStore:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FeatureStoreError(f"{path}: not a readable shard ({first}); delete it and run "
                                     "`transferkit extract` again to rewrite it.") from exc
-        expected = len(self.chunk(index))
-        if table.num_rows != expected:
-            raise FeatureStoreError(f"{path}: holds {table.num_rows} rows where its chunk has "
-                                    f"{expected}; delete it and run `transferkit extract` again.")
-        names = list(COLUMNS if columns is None else columns)
-        if table.column_names != names:
-            raise FeatureStoreError(f"{path}: has the columns {table.column_names}, expected "
-                                    f"{names}; delete it and run `transferkit extract` again.")
+        if (table.num_rows != expected or table.column_names != names
+                or table.schema.types != [schema.field(name).type for name in names]):
+            raise FeatureStoreError(f"{path}: does not read as its footer says; delete it and "
+                                    "run `transferkit extract` again.")
         if "feature" in names:
-            import pyarrow as pa
-
-            kind = table.schema.field("feature").type
-            if not (pa.types.is_fixed_size_list(kind) and kind.list_size == self.dim
-                    and pa.types.is_float32(kind.value_type)):
-                raise FeatureStoreError(f"{path}: its feature column is {kind}, expected "
-                                        f"{self.dim} float32 values; delete it and run "
-                                        "`transferkit extract` again.")
+            # extract never writes a NaN or an infinity (nor a null inside a vector, which
+            # reads as NaN): the in-memory solvers would stop with a traceback, and the
+            # streamed one would silently save a model fitted to NaN.
+            values = table.column("feature").combine_chunks().flatten()
+            if not np.isfinite(values.to_numpy(zero_copy_only=False)).all():
+                raise FeatureStoreError(f"{path}: holds features that are NaN, infinite or "
+                                        "missing; delete it and run `transferkit extract` "
+                                        "again.")
         return table
+
+    def _check_shard_metadata(self, path: Path, metadata, schema, expected: int) -> None:
+        """Refuse a shard whose footer does not describe what :meth:`write_shard` writes:
+        ``expected`` rows, :data:`COLUMNS` with their types, and no more bytes than such
+        rows can take."""
+        import pyarrow as pa
+
+        if metadata.num_rows != expected:
+            raise FeatureStoreError(f"{path}: holds {metadata.num_rows} rows where its chunk has "
+                                    f"{expected}; delete it and run `transferkit extract` again.")
+        if schema.names != list(COLUMNS):
+            raise FeatureStoreError(f"{path}: has the columns {schema.names}, expected "
+                                    f"{list(COLUMNS)}; delete it and run `transferkit extract` "
+                                    "again.")
+        # Every column's exact type, checked before any value is read: a shard from
+        # elsewhere may declare an extension type, and Ray's "ray.data.arrow_pickled_object"
+        # (registered in any process that imported ray.data, as the Ray engine's driver
+        # has) unpickles each value that to_pylist() reads, which runs arbitrary code.
+        for field in schema:
+            if field.name != "feature" and field.type != pa.string():
+                raise FeatureStoreError(f"{path}: its {field.name} column is {field.type}, "
+                                        "expected strings; delete it and run `transferkit "
+                                        "extract` again.")
+        kind = schema.field("feature").type
+        if not (pa.types.is_fixed_size_list(kind) and kind.list_size == self.dim
+                and pa.types.is_float32(kind.value_type)):
+            raise FeatureStoreError(f"{path}: its feature column is {kind}, expected "
+                                    f"{self.dim} float32 values; delete it and run "
+                                    "`transferkit extract` again.")
+        declared = sum(metadata.row_group(i).total_byte_size
+                       for i in range(metadata.num_row_groups))
+        if declared > expected * (4 * self.dim + _TEXT_BYTES_PER_ROW) + (1 << 20):
+            raise FeatureStoreError(f"{path}: declares {declared} bytes of data for {expected} "
+                                    "rows, far more than a shard holds; delete it and run "
+                                    "`transferkit extract` again.")
 
     def iter_shards(self, columns=None) -> Iterator:
         """Every shard as a ``pyarrow.Table``, in index order, one in memory at a time."""

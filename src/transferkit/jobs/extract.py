@@ -53,7 +53,12 @@ def run(data, out, engine: str = "local", address: str | None = None,
     (default :data:`~transferkit.features.shards.SHARD_ROWS`)."""
     from transferkit.backbones.registry import DEFAULT_BACKBONE
     from transferkit.features.shards import data_listing
+    from transferkit.train.distributed import is_main_process
 
+    if not is_main_process():
+        # Under torchrun every process runs the command: one extracts (with every core,
+        # or with --engine ray on the cluster); the others would only redo its work.
+        return {}
     if fuse:
         backbone = "+".join([backbone or DEFAULT_BACKBONE, *fuse])
     root, listing, classes = data_listing(data)
@@ -78,7 +83,7 @@ def extract_listing(root, listing, out, *, classes=None, data=None, engine: str 
     from transferkit.errors import TransferkitError
     from transferkit.features.extract import build_extractor
     from transferkit.features.shards import SHARD_ROWS, FeatureStore, extractor_settings
-    from transferkit.outputs import check_not_an_input, resolve_output
+    from transferkit.outputs import check_not_an_input, input_folders, resolve_output
 
     start = time.perf_counter()
     if engine not in ENGINES:
@@ -89,8 +94,10 @@ def extract_listing(root, listing, out, *, classes=None, data=None, engine: str 
     if actors is not None and actors < 1:
         raise TransferkitError(f"--actors must be at least 1, got {actors}.")
     folder = resolve_output(out)
-    # The shards must never be listed as images of the data they describe.
-    check_not_an_input(folder, [root], str(out))
+    # The shards must never be listed as images of the data they describe. A CSV may list
+    # images anywhere (absolute paths): the folders holding them are inputs too, as in fit.
+    check_not_an_input(folder, [root, *input_folders([Path(root) / path
+                                                      for path, _, _ in listing])], str(out))
     settings = extractor_settings(backbone, weights, arch, layer, pooling, normalise)
     network = {k: v for k, v in settings.items() if k != "normalise"}
     extractor = build_extractor(**network, cache_dir=cache_dir, use_cache=use_cache)
@@ -101,30 +108,34 @@ def extract_listing(root, listing, out, *, classes=None, data=None, engine: str 
     store = FeatureStore.create(folder, identity=extractor.identity(), extractor=settings,
                                 dim=extractor.dim, layers=layers, listing=listing,
                                 classes=classes, data=data if data is not None else str(root),
-                                shard_rows=shard_rows or SHARD_ROWS)
-    missing = store.missing()
-    n_done_before = store.n_shards - len(missing)
-    engine_start = time.perf_counter()
-    startup = 0.0
-    if not missing:
-        n_extracted = 0
-    elif engine == "local":
-        from transferkit.features.shards import write_missing_shards
+                                # 0 is refused, not taken for the default
+                                shard_rows=SHARD_ROWS if shard_rows is None else shard_rows)
+    try:  # the store is locked for this run (one writer at a time)
+        missing = store.missing()
+        n_done_before = store.n_shards - len(missing)
+        engine_start = time.perf_counter()
+        startup = 0.0
+        if not missing:
+            n_extracted = 0
+        elif engine == "local":
+            from transferkit.features.shards import write_missing_shards
 
-        n_extracted = write_missing_shards(store, extractor, root, normalise, progress)
-    else:
-        from transferkit.features.ray_engine import write_missing_shards_with_ray
+            n_extracted = write_missing_shards(store, extractor, root, normalise, progress)
+        else:
+            from transferkit.features.ray_engine import write_missing_shards_with_ray
 
-        ray_run = write_missing_shards_with_ray(
-            store, root, network, normalise=normalise, address=address, actors=actors,
-            # A local instance shares this machine's cache folder (the ONNX export); cluster
-            # nodes use their own default unless a folder was named.
-            cache_dir=str(extractor_cache_root(extractor)) if cache_dir or not address else None,
-            progress=progress)
-        n_extracted, startup, actors = ray_run["images"], ray_run["startup_seconds"], ray_run["actors"]
-    engine_seconds = time.perf_counter() - engine_start
-    skipped_file = store.write_skipped_file()
-    skipped = store.skipped()
+            ray_run = write_missing_shards_with_ray(
+                store, root, network, normalise=normalise, address=address, actors=actors,
+                # A local instance shares this machine's cache folder (the ONNX export); cluster
+                # nodes use their own default unless a folder was named.
+                cache_dir=str(extractor_cache_root(extractor)) if cache_dir or not address else None,
+                progress=progress)
+            n_extracted, startup, actors = ray_run["images"], ray_run["startup_seconds"], ray_run["actors"]
+        engine_seconds = time.perf_counter() - engine_start
+        skipped_file = store.write_skipped_file()
+        skipped = store.skipped()
+    finally:
+        store.release()
     summary = {
         "out": str(out), "engine": engine, "data": str(data if data is not None else root),
         "n_images": store.n_images, "n_shards": store.n_shards,
@@ -160,7 +171,10 @@ def render(summary: dict) -> str:
     if summary["n_skipped"]:
         lines.append(f"skipped {summary['n_skipped']} unreadable image(s), listed in "
                      f"{summary['skipped_file']}:")
-        lines += [f"  {item['path']}\t{item['reason']}" for item in summary["skipped"][:10]]
+        from transferkit.features.shards import escape_control  # a newline in a name
+
+        lines += [f"  {escape_control(item['path'])}\t{escape_control(item['reason'])}"
+                  for item in summary["skipped"][:10]]
         if summary["n_skipped"] > 10:
             lines.append(f"  ... and {summary['n_skipped'] - 10} more")
     return "\n".join(lines)
