@@ -183,3 +183,12 @@ def test_the_ray_engine_without_ray_is_a_one_line_install_hint(monkeypatch):
     with pytest.raises(TransferkitError, match=r"pip install 'transferkit\[ray\]'") as caught:
         import_ray()
     assert "\n" not in str(caught.value)
+
+
+def test_under_a_launcher_only_the_main_process_extracts(split_folder, tmp_path, monkeypatch):
+    # torchrun runs the command in every process: a second one would redo the whole
+    # extraction into the same store. It returns at once and writes nothing.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert extract.run(split_folder, tmp_path / "features") == {}
+    assert not (tmp_path / "features").exists()
