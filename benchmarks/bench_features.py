@@ -6,8 +6,10 @@ What it measures, on the real image sets in ``../shared/datasets``:
    * the last layer (pre-logits) + logistic regression,
    * the best single layer, chosen by 5-fold CV on the *training* split only, + logistic regression,
    * the fused stages (concatenated avg-pooled stage outputs + StandardScaler + logistic regression),
-   * the Full-Network Embedding (stages → standardise → discretise) + linear SVM, as in the paper,
-   * the Full-Network Embedding + logistic regression (same classifier as the other rows),
+   * the Full-Network Embedding (stages → standardise → discretise) + linear SVM,
+   * the same + logistic regression (same classifier as the other rows),
+   * the Full-Network Embedding as the paper defines it, over every convolutional layer
+     (``layer="all-conv"``, 49 layers of Lite0), + linear SVM and + logistic regression,
    on hymenoptera (train → val as given), oxford17flowers (seeded 40/40 per class) and
    sign_language_digits (seeded 20 per class for training, the rest for testing).
    Every classifier is ``make_probe_pipeline``'s default (fixed C on standardised or
@@ -18,7 +20,8 @@ What it measures, on the real image sets in ``../shared/datasets``:
 3. The machine it ran on.
 
 Every image goes through the network once: all layers are extracted in one forward pass
-(``layer="all"``) into one feature cache, and each row slices its columns. By default the
+(``layer="all,all-conv"``) into one feature cache, and each row slices its columns.
+``--no-sweep`` keeps the layer-sweep part of the published section as it was. By default the
 cold sweep fills a temporary cache that the table then reuses.
 
     .venv/bin/python -m benchmarks.bench_features            # writes benchmarks/RESULTS.md
@@ -58,8 +61,10 @@ ROWS = (  # (row name, feature block, classifier, embedding)
     ("last layer (pre-logits)", "last", "logreg", None),
     ("best single layer (CV on train)", "best", "logreg", None),
     ("fused stages", "stages", "logreg", None),
-    ("Full-Network Embedding + linear SVM (paper)", "stages", "svm", "fne"),
-    ("Full-Network Embedding + logreg", "stages", "logreg", "fne"),
+    ("Full-Network Embedding, stages + linear SVM", "stages", "svm", "fne"),
+    ("Full-Network Embedding, stages + logreg", "stages", "logreg", "fne"),
+    ("Full-Network Embedding, every conv layer + linear SVM (paper)", "all-conv", "svm", "fne"),
+    ("Full-Network Embedding, every conv layer + logreg", "all-conv", "logreg", "fne"),
 )
 
 
@@ -130,6 +135,8 @@ class Features:
     ok: np.ndarray
     columns: dict[str, slice]
     stages: list[str]
+    singles: list[str]       # the taps of layer="all": the candidates for "best single layer"
+    conv_layers: list[str]   # layer="all-conv": every convolutional layer
     skipped: list[tuple[str, str]]
     n_cached: int
     n_computed: int
@@ -139,12 +146,17 @@ class Features:
 
 
 def extract_all_layers(paths, cache_dir: Path) -> Features:
-    """Every tappable layer of Lite0, avg-pooled, from one forward pass (and the cache)."""
+    """Every tappable layer of Lite0 and every convolutional layer, avg-pooled, from one
+    forward pass (and the cache)."""
     from transferkit.features.extract import FrozenExtractor
 
-    extractor = FrozenExtractor.from_name(BACKBONE, layer="all", pooling="avg", cache_dir=cache_dir)
+    def extractor_of(layer):
+        return FrozenExtractor.from_name(BACKBONE, layer=layer, pooling="avg", cache_dir=cache_dir)
+
+    extractor = extractor_of("all,all-conv")
     result = extractor.extract(paths)
     return Features(result.features, result.ok, result.layers, extractor.identity()["stages"],
+                    extractor_of("all").layers, extractor_of("all-conv").layers,
                     result.skipped, result.n_cached, result.n_computed, result.seconds,
                     result.runtime)
 
@@ -188,14 +200,15 @@ def score_seed(feats: Features, labels, train, test, seed: int) -> tuple[dict, s
     from transferkit.features.classifiers import make_probe_pipeline
 
     X, y = feats.matrix, labels
-    singles = {name: cols for name, cols in feats.columns.items()}
+    singles = {name: feats.columns[name] for name in feats.singles}
+
+    def joined(names):
+        return np.concatenate([np.arange(feats.columns[n].start, feats.columns[n].stop)
+                               for n in names])
+
     best = select_best_layer(X[train], y[train], singles, seed)
-    stage_cols = np.concatenate([np.arange(feats.columns[s].start, feats.columns[s].stop)
-                                 for s in feats.stages])
-    blocks = {"last": np.arange(feats.columns["pre_logits"].start,
-                                feats.columns["pre_logits"].stop),
-              "best": np.arange(feats.columns[best].start, feats.columns[best].stop),
-              "stages": stage_cols}
+    blocks = {"last": joined(["pre_logits"]), "best": joined([best]),
+              "stages": joined(feats.stages), "all-conv": joined(feats.conv_layers)}
     scores, seconds = {}, {}
     for row, block, classifier, embedding in ROWS:
         start = time.perf_counter()
@@ -240,8 +253,11 @@ def run_table(sets: list[ImageSet], cache_dir: Path, seeds) -> dict:
             "extract": {"n": len(image_set.paths), "forwarded": feats.n_computed,
                         "cached": feats.n_cached, "seconds": feats.seconds,
                         "images_per_second": rate, "runtime": feats.runtime},
-            "dims": {name: cols.stop - cols.start for name, cols in feats.columns.items()},
+            "dims": {name: feats.columns[name].stop - feats.columns[name].start
+                     for name in feats.singles},
             "stages": feats.stages,
+            "conv_dims": {name: feats.columns[name].stop - feats.columns[name].start
+                          for name in feats.conv_layers},
         }
     return results
 
@@ -338,8 +354,8 @@ def render(table: dict, sweep: dict | None, seeds, machine: str, total_seconds: 
                 "hymenoptera's split is fixed (train → val), so there the seed only changes the "
                 "classifiers' randomness (the shuffled CV folds that pick C, SVM calibration folds); "
                 "its ± is that variation, not split variation.",
-                "* Logistic regression (rows 1, 2, 3, 5): `make_probe_pipeline(\"logreg\")` = "
-                f"{_describe('logreg', None)}. Linear SVM (row 4): "
+                "* Logistic regression (rows 1, 2, 3, 5, 7): `make_probe_pipeline(\"logreg\")` = "
+                f"{_describe('logreg', None)}. Linear SVM (rows 4, 6): "
                 "`make_probe_pipeline(\"svm\", embedding=\"fne\")` = "
                 f"{_describe('svm', 'fne')}. Until issue 16/21 both chose C by 5-fold CV "
                 "(`LogisticRegressionCV`; a one-vs-one `SVC` in a calibration in a grid search).",
@@ -352,6 +368,13 @@ def render(table: dict, sweep: dict | None, seeds, machine: str, total_seconds: 
                 "standardise with training statistics, discretise to {-1, 0, 1} at -0.25 / 0.15 "
                 "(Garcia-Gasulla et al. 2018). Note `features` (the last stage, conv_head) "
                 "avg-pooled equals `pre_logits` for this network.",
+                f"* FNE over every convolutional layer (rows 6, 7; the paper's definition, "
+                f"`layer=\"all-conv\"`, `fit --method fne --layer all-conv` since issue 20): the "
+                f"output of each of the {len(any_item['conv_dims'])} convolutional layers "
+                f"({sum(any_item['conv_dims'].values())} dims) — each conv → BN → ReLU6 unit, "
+                "depthwise ones included, taken after the activation (after the BN for the "
+                "linear 1×1 projections); see `transferkit.backbones.taps.conv_layers`. The "
+                "paper's VGG-16 gives 12,416 features (13 conv layers + 2 FC layers).",
                 "* hymenoptera's train/ants holds the `imageNotFound.gif` placeholder (label noise, "
                 "kept as given)."]
         for name in names:
@@ -401,6 +424,22 @@ def render(table: dict, sweep: dict | None, seeds, machine: str, total_seconds: 
     return "\n".join(out)
 
 
+def previous_sweep(results: Path) -> str | None:
+    """The layer-sweep part of the published section, for a ``--no-sweep`` rerun to keep."""
+    from benchmarks._common import markers
+
+    start, end = markers("features")
+    try:
+        text = results.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    if start not in text or end not in text:
+        return None
+    section = text.split(start, 1)[1].split(end, 1)[0]
+    head = "### Layer sweep"
+    return head + section.split(head, 1)[1].rstrip("\n") if head in section else None
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -426,8 +465,12 @@ def main(argv=None) -> int:
             sweep = run_sweep(args.datasets, work / "cache", work)
         cache = args.cache_dir or work / "cache"
         table = run_table(load_sets(args.datasets, args.sets), cache, args.seeds)
-    publish("features", render(table, sweep, args.seeds, machine, time.perf_counter() - start),
-            args)
+    body = render(table, sweep, args.seeds, machine, time.perf_counter() - start)
+    kept = None if sweep is not None else previous_sweep(args.results)
+    if kept:
+        body += ("\nThe table above was rerun with `--no-sweep --cache-dir`; the layer sweep below "
+                 "(ridge classifier) is kept from an earlier full run.\n\n" + kept + "\n")
+    publish("features", body, args)
     return 0
 
 

@@ -38,6 +38,7 @@ METHOD_FILES = {
     "finetune": ("model.safetensors", "metrics.csv", "learning_curves.png"),
     "siamese": ("embedding.safetensors",),
     "distill": ("student.safetensors",),
+    "segment": ("segmenter.safetensors", "metrics.csv", "learning_curves.png"),
 }
 
 

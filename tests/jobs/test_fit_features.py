@@ -106,7 +106,7 @@ def test_a_store_that_does_not_describe_data_is_refused_in_one_line(data_and_sto
     assert main([*base, "--out", str(out), "--layer", "stages"]) == 2
     assert main([*base, "--out", str(out), "--pooling", "max"]) == 2
     assert main([*base, "--out", str(out), "--backbone", "efficientnet_lite2"]) == 2
-    assert main([*base, "--out", str(out), "--method", "fne"]) == 2  # fne's layer is "fne"
+    assert main([*base, "--out", str(out), "--method", "fne"]) == 2  # fne's: all-conv or fne
     assert main([*base, "--out", str(out), "--method", "finetune"]) == 2
     assert main(["fit", str(data), "--features", str(data), "--out", str(out)]) == 2
     assert main(["fit", str(data), "--max-memory", "10", "--out", str(out)]) == 2
@@ -114,7 +114,7 @@ def test_a_store_that_does_not_describe_data_is_refused_in_one_line(data_and_sto
     assert len(errors) == 7
     assert "not extracted with layer 'stages'" in errors[0]
     assert "pooling 'max'" in errors[1] and "backbone 'efficientnet_lite2'" in errors[2]
-    assert "layer 'fne'" in errors[3] and "linear_probe or fne" in errors[4]
+    assert "not 'pre_logits'" in errors[3] and "linear_probe or fne" in errors[4]
     assert "not a feature store" in errors[5] and "applies to --features" in errors[6]
 
     # Images added or changed after the extraction have no row: named, counted, one line.

@@ -126,7 +126,9 @@ class FrozenExtractor:
     """Extracts pooled features of one or more layers of a frozen backbone, with a cache.
 
     ``layer`` is one name, a comma-separated list, a list, or ``"stages"`` / ``"fne"`` /
-    ``"all"`` (see :mod:`transferkit.backbones.taps`); all layers come from one forward
+    ``"all"`` / ``"all-conv"`` (see :mod:`transferkit.backbones.taps`); each keyword is part
+    of the identity memo's key as written, so what it resolves to is never taken from a
+    memo of another keyword; all layers come from one forward
     pass and are cached separately, so another combination of them costs no forward
     pass. ``pooling`` (avg, max, avgmax, gem) turns feature maps into vectors.
     ``num_workers``: parallel lanes of the ONNX path (threads that each decode and infer
@@ -518,7 +520,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     Parameters mirror the CLI: ``backbone`` (registry or timm name), ``weights`` and
     ``arch`` for a local checkpoint, ``layer`` (one or several, comma-separated, or
-    ``stages``/``fne``/``all``; several are concatenated), ``pooling``, ``batch_size``, ``runtime``
+    ``stages``/``fne``/``all``/``all-conv``; several are concatenated), ``pooling``, ``batch_size``, ``runtime``
     (auto/onnx/eager), ``cache_dir`` (None: ``$TRANSFERKIT_CACHE_DIR`` or
     ``~/.cache/transferkit``), ``use_cache``, ``num_workers``, ``progress``, ``jpeg_draft``
     (decode large JPEGs at reduced scale: faster, slightly different features).

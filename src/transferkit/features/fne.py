@@ -1,8 +1,11 @@
 """Full-Network Embedding.
 
 Garcia-Gasulla et al. 2018, "On the Behavior of Convolutional Nets for Feature
-Extraction" (JAIR): (1) spatial average pooling of every convolutional stage output and
-of the final features (done by the extractor with ``layer="fne"``), (2) per-feature
+Extraction" (JAIR): (1) spatial average pooling of the output of every convolutional
+layer (done by the extractor with ``layer="all-conv"``, see
+:func:`transferkit.backbones.taps.conv_layers`; ``layer="fne"``, the default of
+``--method fne``, pools only the stage outputs and the final features, which scored
+higher on our sets, see ``methods.linear_probe.FNE_LAYERS``), (2) per-feature
 standardisation with statistics of the training set, (3) discretisation of each
 standardised value to -1 (below ``low``), 0, or +1 (above ``high``), then a linear SVM.
 Discretisation keeps only "is this feature unusually absent / present for this image",
@@ -30,7 +33,8 @@ def discretise(values, low: float = DEFAULT_LOW, high: float = DEFAULT_HIGH) -> 
 class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
     """Standardise with training statistics, then discretise to {-1, 0, 1}.
 
-    Input: the concatenated average-pooled stage features (``FrozenExtractor(layer="fne")``).
+    Input: the concatenated average-pooled layer features (``FrozenExtractor(layer="fne")``,
+    the stage outputs, or every convolutional layer with ``layer="all-conv"``).
     ``low``/``high`` are the discretisation thresholds (paper: -0.25 and 0.15).
     """
 

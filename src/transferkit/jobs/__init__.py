@@ -16,7 +16,7 @@ from types import ModuleType
 # Module names, in the order the commands are listed by `transferkit --help`.
 JOBS = ("fit", "predict", "extract", "export", "serve", "evaluate", "backbones", "layers", "anomaly",
         "report", "demo", "cdfg", "adapt", "autoencoder", "multitask", "distill", "zeroshot",
-        "fewshot", "fewshot_train")
+        "fewshot", "fewshot_train", "segment")
 
 
 def load_job(name: str) -> ModuleType:

@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        f"(default {DEFAULT_MAX_MEMORY_MB}); above it logreg streams "
                        "(logreg-stream)")
     probe.add_argument("--layer", help="layer(s) to use: a name, a comma-separated list, "
-                       "'stages' or 'all' (see `transferkit backbones --layers`); default "
-                       "pre_logits")
+                       "'stages', 'all' or 'all-conv' (see `transferkit backbones --layers`); "
+                       "default pre_logits; fne: fne (the stage outputs, default) or "
+                       "all-conv (every convolutional layer)")
     probe.add_argument("--pooling", choices=_options.POOLINGS, help="default avg")
     probe.add_argument("--normalise", choices=["l2"], help="L2-normalise each feature vector")
     probe.add_argument("--pca", type=_components_or_share,

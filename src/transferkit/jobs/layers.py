@@ -20,7 +20,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("data", help="labelled images (train and val parts are pooled)")
     _options.add_backbone(parser)
     parser.add_argument("--layer", dest="layers", metavar="LAYER",
-                        help="layers to probe (default all)")
+                        help="layers to probe (default all: every stage, features and "
+                        "pre_logits, plus the fused stages and the Full-Network Embedding of "
+                        "the stages and of every convolutional layer; add all-conv for a row "
+                        "per convolutional layer)")
     parser.add_argument("--pooling", choices=_options.POOLINGS, help="default avg")
     parser.add_argument("--folds", type=int, help="cross-validation folds (default 5)")
     parser.add_argument("--classifier", choices=("ridge", *_options.PROBE_CLASSIFIERS),
@@ -64,8 +67,17 @@ def render(summary: dict) -> str:
     for row in summary["rows"]:
         rows.append([row["layer"], str(row["dim"]), f"{row['balanced_accuracy_mean']:.3f} ± "
                      f"{row['balanced_accuracy_std']:.3f}", f"{row['seconds']:.2f}"])
-    return "\n".join([
-        format_table(rows),
-        f"best single layer: {summary['best_layer']}; best overall: {summary['best_overall']} "
-        f"({summary['folds']}-fold CV, {summary['classifier']}, {summary['n_images']} images)",
-        f"wrote {summary['files']['csv']}, {summary['files']['plot']}"])
+    lines = [format_table(rows),
+             f"best single layer: {summary['best_layer']}; best overall: {summary['best_overall']} "
+             f"({summary['folds']}-fold CV, {summary['classifier']}, {summary['n_images']} images)"]
+    comparisons = summary.get("comparisons") or []
+    if comparisons:
+        runner_up = comparisons[0]
+        lines.append(
+            f"{runner_up['best']} vs runner-up {runner_up['other']}: "
+            f"{100 * runner_up['difference']:+.1f} ± {100 * runner_up['difference_sd']:.1f} points "
+            f"per fold (better in {runner_up['wins']}, worse in {runner_up['losses']}, tied in "
+            f"{runner_up['ties']} of {runner_up['folds']} folds; corrected paired t-test "
+            f"p = {runner_up['p_value']:.2g})")
+    lines.append(f"wrote {summary['files']['csv']}, {summary['files']['plot']}")
+    return "\n".join(lines)

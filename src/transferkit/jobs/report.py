@@ -7,6 +7,8 @@ import os
 from transferkit.jobs import _options
 
 NAME = "report"
+# Model folders whose report only their own command can write (see run()).
+SEGMENTATION_METHODS = ("segment",)
 HELP = "write one self-contained HTML report of a run folder (a model from fit, a layers sweep)"
 
 
@@ -18,8 +20,24 @@ def add_arguments(parser) -> None:
 
 def run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> dict:
     """Write the report of ``run_dir`` to ``out`` (default ``run_dir/report.html``)."""
+    import json
+    from pathlib import Path
+
+    from transferkit.errors import TransferkitError
     from transferkit.report.html import write_report
 
+    config = Path(run_dir) / "config.json"
+    try:
+        method = json.loads(config.read_text(encoding="utf-8")).get("method") \
+            if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        method = None  # the generic report says what is wrong with the folder
+    if method in SEGMENTATION_METHODS:
+        # Its report shows predictions on the held-out images, which the folder does not
+        # keep: the generic report would replace it with less.
+        raise TransferkitError(f"{run_dir} is a segmentation model: its report.html is written "
+                               "by `transferkit segment fit` (it shows the held-out images); "
+                               "nothing was changed.")
     path = write_report(run_dir, out)
     return {"report": str(path), "bytes": path.stat().st_size}
 

@@ -67,6 +67,8 @@ register_method("autoencoder", f"{_M}.autoencoder:ConvAutoencoder", family="auto
 register_method("autoencoder-init", f"{_M}.autoencoder:AutoencoderInitialisedClassifier",
                 family="autoencoder")
 register_method("anomaly", f"{_M}.anomaly:AnomalyDetector", family="anomaly")
+register_method("segment", f"{_M}.segmentation:SegmentationTransfer", family="segmentation",
+                saves_bundle=True, summary="pretrained encoder + U-Net decoder, per-pixel labels")
 
 _LAZY = {"LinearProbe": "linear_probe", "FineTuner": "finetune"}
 

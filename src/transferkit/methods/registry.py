@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from transferkit.errors import TransferkitError
 
 FAMILIES = ("classifier", "domain-deep", "domain-shallow", "fewshot", "distill", "zeroshot",
-            "multitask", "autoencoder", "anomaly")
+            "multitask", "autoencoder", "anomaly", "segmentation")
 
 
 @dataclass(frozen=True)

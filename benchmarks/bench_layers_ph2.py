@@ -1,0 +1,219 @@
+"""The lectures' skin-lesion layer table on PH2 (the `layers-ph2` section of RESULTS.md).
+
+dos Santos & Ponti 2018, as shown in the lectures: which layer of an ImageNet network best
+classifies dermoscopy images? 20-fold stratified cross-validation, balanced accuracy of a
+linear SVM on each layer's features; the lectures report 88.5–91.5% for VGG-19 and
+ResNet-50 layers on melanoma vs nevus. Here, with ``transferkit layers`` exactly as a user
+runs it:
+
+    transferkit layers ../shared/datasets/ph2/melanoma.csv --folds 20 --classifier svm \\
+        --backbone efficientnet_lite0      (and efficientnet_lite2, and diagnosis.csv)
+
+for both CSVs (``melanoma.csv``: melanoma 40 vs nevus 160; ``diagnosis.csv``: common
+nevus 80, atypical nevus 80, melanoma 40) and both backbones: every stage tap, the fused
+stages, and the Full-Network Embedding over the stage outputs and over every
+convolutional layer. Every row is scored on the same 20 folds, so the winner is compared
+with the others fold by fold (mean ± sd of the per-fold difference, wins / losses, and
+the corrected resampled t-test of Nadeau & Bengio 2003).
+
+    .venv/bin/python -m benchmarks.bench_layers_ph2          # writes benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from benchmarks._common import (
+    add_datasets_argument,
+    add_output_arguments,
+    announce_machine,
+    log,
+    publish,
+    require_dataset,
+)
+
+CSVS = ("melanoma.csv", "diagnosis.csv")
+BACKBONES = ("efficientnet_lite0", "efficientnet_lite2")
+SHORT = {"efficientnet_lite0": "Lite0", "efficientnet_lite2": "Lite2"}
+FOLDS = 20
+CLASSIFIER = "svm"
+LECTURES = (0.885, 0.915)  # VGG-19 / ResNet-50 layers, melanoma vs nevus
+
+
+def run_one(csv: Path, backbone: str, cache: Path, work: Path, seed: int,
+            reuse: Path | None = None) -> dict:
+    """One ``transferkit layers`` run; with ``reuse``, the ``layers.json`` an earlier run
+    of this benchmark left in ``reuse/CSV-BACKBONE`` (same command, same folds) instead."""
+    import json
+
+    from transferkit.jobs import layers
+
+    finished = None if reuse is None else reuse / f"{csv.stem}-{backbone}" / "layers.json"
+    if finished is not None and finished.is_file():
+        summary = json.loads(finished.read_text())
+        if summary["folds"] != FOLDS or summary["classifier"] != CLASSIFIER:
+            raise SystemExit(f"{finished} is not a {FOLDS}-fold {CLASSIFIER} sweep")
+        summary["wall_seconds"] = None  # not recorded by the earlier run
+        return summary
+    start = time.perf_counter()
+    summary = layers.run(csv, out=work / f"{csv.stem}-{backbone}", backbone=backbone,
+                         folds=FOLDS, classifier=CLASSIFIER, random_state=seed, cache_dir=cache)
+    summary["wall_seconds"] = time.perf_counter() - start
+    return summary
+
+
+def _cell(row: dict, best: bool) -> str:
+    text = f"{row['balanced_accuracy_mean']:.3f} ± {row['balanced_accuracy_std']:.3f}"
+    return f"**{text}**" if best else text
+
+
+def _comparison(item: dict) -> str:
+    return (f"{100 * item['difference']:+.1f} ± {100 * item['difference_sd']:.1f} points "
+            f"(better in {item['wins']}, worse in {item['losses']}, tied in {item['ties']} of "
+            f"{item['folds']} folds; p = {item['p_value']:.2g})")
+
+
+def findings(name: str, summary: dict) -> list[str]:
+    """The winner of one run and its paired margins over the rows that matter."""
+    rows = {row["layer"]: row for row in summary["rows"]}
+    comparisons = {item["other"]: item for item in summary["comparisons"]}
+    best = summary["best_overall"]
+    lines = [f"* **{name}**: best `{best}` {rows[best]['balanced_accuracy_mean']:.3f}; best single "
+             f"layer `{summary['best_layer']}` {rows[summary['best_layer']]['balanced_accuracy_mean']:.3f}."]
+    wanted = [summary["comparisons"][0]["other"]] if summary["comparisons"] else []
+    wanted += [layer for layer in ("pre_logits", "full-network embedding (all-conv)",
+                                   "full-network embedding (stages)", "fused stages")
+               if layer not in wanted]
+    for layer in wanted:
+        if layer in comparisons:
+            label = "runner-up " if layer == wanted[0] else ""
+            lines.append(f"  * vs {label}`{layer}`: {_comparison(comparisons[layer])}")
+    return lines
+
+
+def render(results: dict, machine: str, seconds: float, seed: int) -> str:
+    runs = list(results)  # (csv, backbone)
+    heads = [f"{csv.removesuffix('.csv')} {SHORT[backbone]}" for csv, backbone in runs]
+    first = {backbone: results[(csv, backbone)] for csv, backbone in runs}
+    order = [row["layer"] for row in results[runs[0]]["rows"]]
+    out = ["## PH2 skin lesions: which layer transfers best? (the lectures' layer table)", "",
+           f"Machine: {machine}.", "",
+           f"Generated by `python -m benchmarks.bench_layers_ph2` in {seconds / 60:.1f} min: for "
+           "each CSV and backbone, `transferkit layers ../shared/datasets/ph2/CSV --folds 20 "
+           f"--classifier svm --backbone BACKBONE --seed {seed}` (bundled ImageNet weights, "
+           "avg-pooled taps, one forward pass per image for every tap).", "",
+           f"Balanced accuracy, mean ± sd over the {FOLDS} stratified folds (the same folds for "
+           "every row of a column; best of each column in bold):", "",
+           "| layer | Lite0 dim | Lite2 dim | " + " | ".join(heads) + " |",
+           "|---|---|---|" + "---|" * len(heads)]
+    for layer in order:
+        dims = []
+        for backbone in BACKBONES:
+            row = next((r for r in first.get(backbone, {}).get("rows", [])
+                        if r["layer"] == layer), None)
+            dims.append(str(row["dim"]) if row else "–")
+        cells = []
+        for key in runs:
+            row = next(r for r in results[key]["rows"] if r["layer"] == layer)
+            cells.append(_cell(row, layer == results[key]["best_overall"]))
+        out.append(f"| {layer} | " + " | ".join(dims) + " | " + " | ".join(cells) + " |")
+    out += ["", "Which layer wins, and by how much (paired over the same 20 folds: mean ± sd of "
+            "the per-fold difference in balanced accuracy; p: corrected resampled t-test, "
+            "Nadeau & Bengio 2003, which allows for the overlap of the training sets):", ""]
+    for (csv, backbone), summary in results.items():
+        out += findings(f"{csv.removesuffix('.csv')}, {SHORT[backbone]}", summary)
+    melanoma = [results[key] for key in runs if key[0] == "melanoma.csv"]
+    if melanoma:
+        best = max(max(r["balanced_accuracy_mean"] for r in s["rows"]) for s in melanoma)
+        singles = [r["balanced_accuracy_mean"] for s in melanoma for r in s["rows"] if r["depth"] >= 0]
+        out += ["", f"Against the lectures (dos Santos & Ponti 2018: {100 * LECTURES[0]:.1f}–"
+                f"{100 * LECTURES[1]:.1f}% for VGG-19 / ResNet-50 layers on melanoma vs nevus, same "
+                f"protocol): EfficientNet-Lite's single layers span {100 * min(singles):.1f}–"
+                f"{100 * max(singles):.1f}%, the best row reaches {100 * best:.1f}%."]
+    out += ["", "Protocol:",
+            "* Data: `ph2/melanoma.csv` (melanoma 40 vs nevus 160) and `ph2/diagnosis.csv` "
+            "(common nevus 80, atypical nevus 80, melanoma 40), 200 dermoscopy images ~765×570 "
+            "(JPEG q90 of the original BMPs), resized and centre-cropped by each backbone's own "
+            "eval transform (Lite0 224, Lite2 260).",
+            "* Classifier: `svm` = standardised features (or FNE codes), one-vs-rest linear SVM "
+            "with fixed C (`features/classifiers.py`), sigmoid-calibrated on 3 inner folds of the "
+            "training part; a fold's score is the balanced accuracy of its 10 held-out images "
+            "(2 melanoma in the binary task), so a single fold moves in steps of 6–25 points and "
+            "the sd is large; the mean over 20 folds is the estimate.",
+            "* Rows: the 9 stage taps + `pre_logits` (`features` avg-pooled equals `pre_logits` "
+            "for these networks); fused stages = the stage taps concatenated; FNE (stages) = the "
+            "same, standardised and discretised to {-1, 0, 1}; FNE (all-conv) = every "
+            "convolutional layer's output (Lite0 49 layers, Lite2 64; "
+            "`transferkit.backbones.taps.conv_layers`), as Garcia-Gasulla et al. 2018 define it."]
+    def took(summary):
+        wall = summary["wall_seconds"]
+        rows = {row["layer"]: row["seconds"] for row in summary["rows"]}
+        fne = rows.get("full-network embedding (all-conv)")
+        return ((f"{wall:.0f} s" if wall is not None else "wall time not recorded")
+                + f" (extraction {summary['extract_seconds']:.0f} s"
+                + (f", FNE all-conv SVM {fne:.0f} s" if fne is not None else "") + ")")
+
+    out += ["", "Time (a loaded 2-core machine, see the load above): " + "; ".join(
+        f"{csv.removesuffix('.csv')} {SHORT[backbone]} {took(s)}"
+        for (csv, backbone), s in results.items()) + "."]
+    if any(summary["wall_seconds"] is None for summary in results.values()):
+        out.append("Runs without a wall time were reused (`--work`) from an earlier, interrupted "
+                   "invocation of this benchmark with the same command and seed; the machine line "
+                   "above is that of the invocation that wrote this section.")
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_datasets_argument(parser)
+    parser.add_argument("--csvs", nargs="+", choices=CSVS, default=list(CSVS))
+    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES))
+    parser.add_argument("--seed", type=int, default=0, help="seeds the folds (default 0)")
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (default: a temporary one)")
+    parser.add_argument("--work", type=Path, help="folder for the runs' outputs (default: a "
+                        "temporary one); a run whose layers.json is already there is reused")
+    parser.add_argument("--only-reuse", action="store_true", help="with --work: publish the "
+                        "finished runs there and list the others as not run")
+    add_output_arguments(parser)
+    args = parser.parse_args(argv)
+
+    root = require_dataset("ph2", root=args.datasets)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    machine = announce_machine()
+    start = time.perf_counter()
+    results, not_run = {}, []
+    with tempfile.TemporaryDirectory(prefix="bench_layers_ph2-") as tmp:
+        cache = args.cache_dir or Path(tmp) / "cache"
+        work = args.work or Path(tmp)
+        for csv in args.csvs:
+            for backbone in args.backbones:
+                finished = args.work and (args.work / f"{Path(csv).stem}-{backbone}" /
+                                          "layers.json").is_file()
+                if args.only_reuse and not finished:
+                    not_run.append(f"{csv.removesuffix('.csv')} {SHORT[backbone]}")
+                    continue
+                log(f"transferkit layers ph2/{csv} --folds {FOLDS} --classifier {CLASSIFIER} "
+                    f"--backbone {backbone} …")
+                summary = run_one(root / csv, backbone, cache, work, args.seed,
+                                  reuse=args.work)
+                results[(csv, backbone)] = summary
+                wall = summary["wall_seconds"]
+                log(f"  best {summary['best_overall']} "
+                    f"({max(r['balanced_accuracy_mean'] for r in summary['rows']):.3f}), "
+                    + (f"{wall:.0f} s" if wall is not None else "reused"))
+    body = render(results, machine, time.perf_counter() - start, args.seed)
+    if not_run:
+        body += (f"Not run (left for a later invocation of this benchmark): {', '.join(not_run)}."
+                 "\n")
+    publish("layers-ph2", body, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
