@@ -119,11 +119,11 @@ def test_distilled_students_export_faithfully(data, tmp_path):
     assert predictor.inputs[0]["resize_rule"]["resize"] == "exact"
 
 
-def test_models_that_are_not_image_classifiers_are_refused(tmp_path):
+def test_models_export_does_not_cover_are_refused(tmp_path):
     folder = tmp_path / "similarity"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"format_version": 1, "method": "siamese"}))
-    with pytest.raises(BundleError, match="not a classifier of images; export covers"):
+    with pytest.raises(BundleError, match="which export does not cover; it covers"):
         export_model(folder)
 
 

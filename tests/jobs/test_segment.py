@@ -232,8 +232,6 @@ def test_a_segmentation_model_is_refused_by_classifier_commands(fitted, capsys):
     out, _ = fitted
     with pytest.raises(DataError):
         segment.run("evaluate", bundle=out, images=out / "missing", masks=out / "missing")
-    err = _one_line_error(capsys, ["export", str(out), "--out", str(out.parent / "m.onnx")])
-    assert "not a classifier" in err
     err = _one_line_error(capsys, ["predict", str(out), str(out / "learning_curves.png")])
     assert "use `transferkit segment predict`" in err
     # `transferkit report` would replace the held-out overlays with a generic page.
@@ -257,3 +255,102 @@ def test_class_index_masks_with_declared_classes(tiny_checkpoint, tmp_path):
     for item in written["masks"]:
         predicted = np.asarray(Image.open(item["mask"]))
         assert predicted.shape == (HEIGHT, WIDTH) and predicted.max() <= 2  # class indices
+
+
+# -- ONNX export -----------------------------------------------------------------------
+
+# Runs the CLI in a fresh interpreter, then reports the heavy packages it imported.
+_RUN_AND_LIST = """
+import json, sys
+from transferkit.cli import main
+code = main(sys.argv[1:])
+heavy = sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'timm', 'sklearn'})
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(fitted):
+    out, _ = fitted
+    onnx_path = out.parent / "model.onnx"
+    summary = segment_export(out, onnx_path)
+    return onnx_path, summary
+
+
+def segment_export(folder, path):
+    from transferkit.jobs import export
+
+    return export.run(folder, path)
+
+
+def test_export_checks_and_the_file_segments_as_the_folder_without_torch(fitted, exported, discs,
+                                                                         tmp_path):
+    import subprocess
+    import sys
+
+    out, _ = fitted
+    onnx_path, summary = exported
+    assert summary["task"] == "segmentation" and summary["classes"] == [0, 1]
+    assert summary["export_check"]["max_abs_difference"] <= 1e-4
+    _, (images, masks) = discs
+    # The file through the CLI in a fresh interpreter: masks written, no torch imported.
+    result = subprocess.run([sys.executable, "-c", _RUN_AND_LIST, "segment", "predict",
+                             str(onnx_path), str(images), "--out", str(tmp_path / "onnx"),
+                             "--quiet"], capture_output=True, text=True)
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report == {"code": 0, "heavy": []}, result.stderr
+    segment.predict(out, [images], out=tmp_path / "folder")
+    names = sorted(p.name for p in (tmp_path / "folder").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "onnx").iterdir()) and len(names) == 10
+    for name in names:
+        from_folder = np.asarray(Image.open(tmp_path / "folder" / name))
+        from_file = np.asarray(Image.open(tmp_path / "onnx" / name))
+        assert from_file.shape == (HEIGHT, WIDTH)
+        # Probabilities within 1e-4: a pixel may flip only where the classes tie.
+        assert (from_folder == from_file).mean() >= 0.999
+    by_folder = segment.evaluate(out, images, masks)
+    by_file = segment.evaluate(onnx_path, images, masks)
+    assert by_file["dice"] == pytest.approx(by_folder["dice"], abs=1e-3)
+    assert by_file["dice"] > 0.5  # the disc, not an empty mask
+
+
+def test_bilinear_resize_of_the_runtime_is_pytorchs():
+    from torch.nn import functional as F
+
+    from transferkit.runtime.onnx_segmenter import resize_bilinear
+
+    maps = np.random.default_rng(0).normal(size=(3, 17, 23)).astype(np.float32)
+    for height, width in ((56, 72), (17, 23), (9, 5), (40, 11), (1, 1)):
+        expected = F.interpolate(torch.from_numpy(maps)[None], size=(height, width),
+                                 mode="bilinear", align_corners=False)[0].numpy()
+        assert np.abs(resize_bilinear(maps, height, width) - expected).max() < 1e-5
+
+
+def test_a_segmentation_file_is_refused_by_the_classifier_commands(exported, discs, capsys):
+    onnx_path, _ = exported
+    _, (images, _) = discs
+    err = _one_line_error(capsys, ["predict", str(onnx_path), str(images)])
+    assert "segmentation model" in err and "segment predict" in err
+    err = _one_line_error(capsys, ["serve", str(onnx_path), "--port", "0"])
+    assert "segmentation model" in err
+
+
+def test_a_tampered_segmentation_file_is_one_line(exported, discs, tmp_path, capsys):
+    import onnx
+
+    onnx_path, _ = exported
+    _, (images, masks) = discs
+    for key, value in (("task", '"classification"'), ("task", '"cells"'),
+                       ("classes", "[0, 1, 2]"), ("input_size", "[32, 32]")):
+        model = onnx.load(str(onnx_path))
+        for prop in model.metadata_props:
+            if prop.key == key:
+                prop.value = value
+        edited = tmp_path / f"{key}-{len(value)}.onnx"
+        onnx.save(model, str(edited))
+        if value == '"classification"':  # now a "classifier" whose output is per pixel
+            err = _one_line_error(capsys, ["predict", str(edited), str(images)])
+        else:
+            err = _one_line_error(capsys, ["segment", "evaluate", str(edited), str(images),
+                                           str(masks)])
+        assert str(edited) in err, (key, value, err)

@@ -8,6 +8,11 @@ version, the training metrics, and the check made before writing: the bundle and
 exported file predicted a few generated images, and the file is written only when their
 probabilities agree within :data:`TOLERANCE` with the same top-1 class.
 
+A segmentation model (``segment``) is one ``torch.onnx`` graph from uint8 images
+stretched to its square input to per-pixel class logits ``(N, C, S, S)``; the runtime
+(:class:`transferkit.runtime.OnnxSegmenter`) resizes them to each image's size and applies
+the softmax, as the model folder does, and the check compares per-pixel probabilities.
+
 Per kind: a linear probe (any layer taps, pooling, L2, PCA, fused backbones, the
 Full-Network Embedding) is its feature network (``torch.onnx``) joined to its
 scikit-learn pipeline (``skl2onnx``) with ``onnx.compose.merge_models``; a fine-tuned
@@ -27,16 +32,19 @@ import numpy as np
 from transferkit import __version__
 from transferkit.errors import BundleError, TransferkitError
 from transferkit.runtime.onnx_predictor import (
+    CLASSIFICATION,
     FORMAT,
     FORMAT_KEY,
+    SEGMENTATION,
     OnnxPredictor,
     without_local_paths,
 )
 from transferkit.runtime.preprocessing import rule_from_data_config, stretch_rule
 
-EXPORTABLE_METHODS = ("linear_probe", "finetune", "distill")
+EXPORTABLE_METHODS = ("linear_probe", "finetune", "distill", "segment")
 TOLERANCE = 1e-4
 OUTPUT_NAME = "probabilities"
+LOGITS_NAME = "logits"  # a segmentation graph's output
 # Sizes (width, height) of the generated images the export is checked on: landscape,
 # portrait, smaller than the input (upscaled) and square.
 CHECK_IMAGE_SIZES = ((320, 240), (200, 300), (97, 61), (224, 224))
@@ -141,8 +149,20 @@ def _distill_graph(estimator):
     return export_network(module, ["images"], [rule["crop"]], OUTPUT_NAME), [("images", rule)]
 
 
+def _segment_graph(estimator):
+    from transferkit.export.network import ImagesToLogits, NormaliseImages, export_network
+
+    # The model folder stretches every image to image_size² (bilinear) before the network.
+    rule = stretch_rule(int(estimator.image_size), "bilinear")
+    config = estimator.data_config_
+    module = ImagesToLogits(NormaliseImages(config["mean"], config["std"]),
+                            copy.deepcopy(estimator.model_).eval())
+    return export_network(module, ["images"], [rule["crop"]], LOGITS_NAME), [("images", rule)]
+
+
 GRAPH_BUILDERS = {"linear_probe": _probe_graph, "finetune": _finetune_graph,
-                  "distill": _distill_graph}
+                  "distill": _distill_graph, "segment": _segment_graph}
+TASK_OF_METHOD = {"segment": SEGMENTATION}
 
 
 # -- metadata and the check --------------------------------------------------------------
@@ -166,8 +186,11 @@ def _set_metadata(model, values: dict) -> None:
                                         for key, value in values.items()})
     model.producer_name = "transferkit"
     model.producer_version = __version__
+    output = ("per-pixel class logits (N, C, H, W), to be resized to each image's size "
+              "before a softmax" if values.get("task") == SEGMENTATION
+              else "class probabilities (N, C)")
     model.doc_string = ("transferkit export: uint8 RGB images (N, H, W, 3), resized and "
-                        "cropped as the metadata's inputs say, to class probabilities (N, C).")
+                        f"cropped as the metadata's inputs say, to {output}.")
 
 
 def _check_images(folder: Path) -> list[Path]:
@@ -198,11 +221,13 @@ def _reference_settings(estimator) -> None:
         estimator.extractor_ = None
 
 
-def _compare(estimator, data: bytes, work: Path) -> dict:
+def _compare(estimator, data: bytes, work: Path, task: str) -> dict:
     exported = work / "model.onnx"
     exported.write_bytes(data)
-    predictor = OnnxPredictor(exported)
     paths = _check_images(work)
+    if task == SEGMENTATION:
+        return _compare_segmentation(estimator, exported, paths)
+    predictor = OnnxPredictor(exported)
     expected, ok, skipped = estimator.predict_paths(paths)
     if skipped or not ok.all():
         raise TransferkitError(f"the bundle could not read its check images ({skipped[:1]}).")
@@ -210,6 +235,22 @@ def _compare(estimator, data: bytes, work: Path) -> dict:
     deviation = float(np.abs(np.asarray(expected, dtype=np.float64) - got).max())
     same_top1 = bool((np.asarray(expected).argmax(axis=1) == got.argmax(axis=1)).all())
     return {"images": len(paths), "max_abs_difference": deviation, "same_top1": same_top1,
+            "tolerance": TOLERANCE}
+
+
+def _compare_segmentation(estimator, exported: Path, paths: list[Path]) -> dict:
+    """Per-pixel probabilities of the folder and of the file, each image at its own size;
+    ``same_top1``: every pixel gets the same class."""
+    from transferkit.runtime.onnx_segmenter import OnnxSegmenter
+
+    expected, ok, skipped = estimator.predict_proba_paths(paths)
+    if skipped or not ok.all():
+        raise TransferkitError(f"the bundle could not read its check images ({skipped[:1]}).")
+    got, _, _ = OnnxSegmenter(exported).predict_proba_paths(paths)
+    deviation = max(float(np.abs(e.astype(np.float64) - g).max()) for e, g in zip(expected, got))
+    agree = [float((e.argmax(0) == g.argmax(0)).mean()) for e, g in zip(expected, got)]
+    return {"images": len(paths), "max_abs_difference": deviation,
+            "same_top1": min(agree) == 1.0, "same_class_pixels": min(agree),
             "tolerance": TOLERANCE}
 
 
@@ -224,9 +265,9 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     config = read_config(model_dir)
     method = config["method"]
     if method not in GRAPH_BUILDERS:
-        raise BundleError(f"{model_dir} holds a {method!r} model, which is not a classifier "
-                          f"of images; export covers {', '.join(EXPORTABLE_METHODS)} (and fne, "
-                          "saved as linear_probe).")
+        raise BundleError(f"{model_dir} holds a {method!r} model, which export does not "
+                          f"cover; it covers {', '.join(EXPORTABLE_METHODS)} (and fne, saved as "
+                          "linear_probe).")
     target = check_output_file(default_output(model_dir) if out is None else out,
                                written_by_transferkit=is_exported_model, inputs=(model_dir,),
                                overwrite=overwrite, what="model file")
@@ -241,12 +282,16 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     except Exception as exc:  # a converter failing on an architecture or step it lacks
         raise TransferkitError(f"{model_dir}: cannot export the {method} model "
                                f"({type(exc).__name__}: {first_line(exc)}).") from exc
-    classes = [c.item() if hasattr(c, "item") else c for c in estimator.classes_]
+    task = TASK_OF_METHOD.get(method, CLASSIFICATION)
+    if task == SEGMENTATION:  # pixel classes: 0 (background), 1, …
+        classes = list(range(int(estimator.n_classes)))
+    else:
+        classes = [c.item() if hasattr(c, "item") else c for c in estimator.classes_]
     metadata = {
         FORMAT_KEY: FORMAT, "transferkit_version": __version__, "method": method,
-        "classes": classes, "input_size": inputs[0][1]["crop"],
+        "task": task, "classes": classes, "input_size": inputs[0][1]["crop"],
         "inputs": [{"name": name, "resize_rule": rule} for name, rule in inputs],
-        "output": OUTPUT_NAME,
+        "output": LOGITS_NAME if task == SEGMENTATION else OUTPUT_NAME,
         "normalisation": "inside the graph: (uint8 / 255 - mean) / std of the network",
         "metrics": _read_metrics(model_dir),
         "source": {"bundle_created": config.get("created"),
@@ -255,7 +300,7 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     _set_metadata(model, metadata)
     _reference_settings(estimator)
     with tempfile.TemporaryDirectory(prefix="transferkit-export-") as work:
-        check = _compare(estimator, model.SerializeToString(), Path(work))
+        check = _compare(estimator, model.SerializeToString(), Path(work), task)
     if not (check["max_abs_difference"] <= TOLERANCE and check["same_top1"]):
         raise TransferkitError(
             f"the exported {method} model differs from {model_dir} by "
@@ -264,5 +309,6 @@ def export_model(model_dir: str | os.PathLike, out: str | os.PathLike | None = N
     _set_metadata(model, {**metadata, "export_check": check})
     data = model.SerializeToString()
     write_bytes_atomic(target, data)
-    return {"model": str(model_dir), "out": str(target), "method": method, "classes": classes,
+    return {"model": str(model_dir), "out": str(target), "method": method, "task": task,
+            "classes": classes,
             "inputs": metadata["inputs"], "export_check": check, "bytes": len(data)}

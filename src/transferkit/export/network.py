@@ -62,6 +62,19 @@ class ImagesToProbabilities(nn.Module):
         return torch.softmax(self.network(self.normalise(images)).float(), dim=1)
 
 
+class ImagesToLogits(nn.Module):
+    """A segmentation network: per-pixel class logits ``(N, C, H, W)`` of the normalised
+    images (the softmax comes after the resize to each image's size, outside the graph)."""
+
+    def __init__(self, normalise: nn.Module, network: nn.Module):
+        super().__init__()
+        self.normalise = normalise
+        self.network = network
+
+    def forward(self, images):
+        return self.network(self.normalise(images)).float()
+
+
 class StudentNormalise(nn.Module):
     """The distilled student's own normalisation (:func:`transferkit.methods.distill.
     normalise_images`) on NHWC input."""

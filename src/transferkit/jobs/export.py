@@ -10,7 +10,8 @@ HELP = "write a saved model as one ONNX file (predict with it without PyTorch)"
 
 def add_arguments(parser) -> None:
     parser.add_argument("model_dir", metavar="model", help="model folder written by "
-                        "`transferkit fit` (or `transferkit distill`'s student)")
+                        "`transferkit fit`, `transferkit distill` (its student) or "
+                        "`transferkit segment fit`")
     parser.add_argument("--out", help="the .onnx file to write (default: beside the model "
                         "folder, MODEL.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace an .onnx file "
@@ -34,6 +35,12 @@ def render(summary: dict) -> str:
     check = summary["export_check"]
     sizes = ", ".join("x".join(map(str, spec["resize_rule"]["crop"]))
                       for spec in summary["inputs"])
+    if summary.get("task") == "segmentation":
+        return (f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB): segmentation, "
+                f"{len(summary['classes'])} pixel classes, input {sizes} uint8 RGB\n"
+                f"checked on {check['images']} images: largest per-pixel probability difference "
+                f"to the model folder {check['max_abs_difference']:.1e}, same class at every "
+                f"pixel: {'yes' if check['same_top1'] else 'no'}")
     return (f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB): {summary['method']}, "
             f"{len(summary['classes'])} classes, input {sizes} uint8 RGB\n"
             f"checked on {check['images']} images: largest probability difference to the model "

@@ -9,6 +9,8 @@ Three actions:
   ``report.html`` with overlays of the best and worst held-out images);
 * ``segment predict MODEL IMAGES... --out MASKS``: write one PNG mask per image, of the
   image's size (0/255 for two classes, class indices otherwise), into a new folder;
+  MODEL may also be the model's ``.onnx`` file (``transferkit export``), run by ONNX
+  Runtime without PyTorch;
 * ``segment evaluate MODEL IMAGES MASKS``: mean Dice and IoU over the pairs
   (``--json``: the keys ``dice`` and ``iou``; see :mod:`transferkit.evaluate.segmentation`).
 
@@ -85,14 +87,16 @@ def add_arguments(parser) -> None:
 
     predict = actions.add_parser("predict", help="write a mask for each image",
                                  argument_default=argparse.SUPPRESS)
-    predict.add_argument("bundle", metavar="model", help="model folder from `segment fit`")
+    predict.add_argument("bundle", metavar="model", help="model folder from `segment fit`, or "
+                         "its .onnx file from `transferkit export` (no PyTorch needed)")
     predict.add_argument("inputs", metavar="images", nargs="+", help="image files or folders")
     predict.add_argument("--out", required=True, help="new (or empty) folder for the masks")
     _output_format(predict)
 
     evaluate = actions.add_parser("evaluate", help="mean Dice and IoU on images with masks",
                                   argument_default=argparse.SUPPRESS)
-    evaluate.add_argument("bundle", metavar="model", help="model folder from `segment fit`")
+    evaluate.add_argument("bundle", metavar="model", help="model folder from `segment fit`, or "
+                          "its .onnx file from `transferkit export`")
     evaluate.add_argument("images", help="folder of images")
     evaluate.add_argument("masks", help="folder of their masks")
     _output_format(evaluate)
@@ -117,6 +121,12 @@ def _pairs(images, masks):
 
 
 def _load(bundle):
+    """A model folder (PyTorch), or a file from `transferkit export` (ONNX Runtime only:
+    no torch import); a missing or special .onnx path is named as the file it is meant to be."""
+    if os.path.isfile(bundle) or str(bundle).lower().endswith(".onnx"):
+        from transferkit.runtime.onnx_segmenter import OnnxSegmenter
+
+        return OnnxSegmenter(bundle)
     from transferkit.bundle import load_bundle
 
     return load_bundle(bundle, method="segment")

@@ -30,7 +30,11 @@ FORMAT = 1
 FORMAT_KEY = "transferkit_format"
 REQUIRED_KEYS = ("transferkit_format", "transferkit_version", "method", "classes",
                  "input_size", "inputs", "output")
-OPTIONAL_KEYS = ("metrics", "normalisation", "export_check", "source")
+OPTIONAL_KEYS = ("metrics", "normalisation", "export_check", "source", "task")
+# What the graph's output is: class probabilities per image (the default, also of files
+# exported before segmentation existed) or class logits per pixel.
+CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
+TASKS = (CLASSIFICATION, SEGMENTATION)
 MAX_FILE_BYTES = 2**31  # protobuf's own limit: larger exports would need external data
 REDO_HINT = "Export the model again with `transferkit export MODEL_DIR`."
 
@@ -154,6 +158,8 @@ def _parse_metadata(path: Path, raw: dict[str, str]) -> dict:
     for key in ("metrics", "export_check", "source"):
         if key in metadata and not isinstance(metadata[key], dict):
             raise bad(f"{key} is not an object")
+    if metadata.setdefault("task", CLASSIFICATION) not in TASKS:
+        raise bad(f"task is not one of {', '.join(TASKS)}")
     return metadata
 
 
@@ -167,6 +173,8 @@ class OnnxPredictor:
     metrics, the export-time check). ``threads``: ONNX Runtime's intra-op threads
     (default: the CPUs this process may use).
     """
+
+    TASK = CLASSIFICATION
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None,
                  batch_size: int = 32):
@@ -201,6 +209,12 @@ class OnnxPredictor:
                               f"{REDO_HINT}") from exc
         meta = self.session.get_modelmeta()
         self.metadata = _parse_metadata(self.path, dict(meta.custom_metadata_map))
+        if self.metadata["task"] != self.TASK:
+            raise TransferkitError(
+                f"{self.path} is an exported {self.metadata['task']} model: "
+                + ("use `transferkit segment predict` or `segment evaluate` "
+                   "(transferkit.runtime.OnnxSegmenter)." if self.metadata["task"] == SEGMENTATION
+                   else "use `transferkit predict` (transferkit.runtime.OnnxPredictor)."))
         self.classes = list(self.metadata["classes"])
         self.method = self.metadata["method"]
         self.input_size = tuple(self.metadata["input_size"])
@@ -210,10 +224,26 @@ class OnnxPredictor:
     def _check_graph(self) -> None:
         """The graph's inputs and output are what the metadata says, and it gives one row
         of probabilities per image (tried on black images)."""
-        def bad(reason: str):
-            return BundleError(f"{self.path}: {reason}; the graph and its metadata do not "
-                               f"belong together. {REDO_HINT}")
+        self._check_inputs()
+        # Two images (black, white) in one batch: one row of probabilities each.
+        probe = self._run([np.stack([np.zeros((*spec["resize_rule"]["crop"], 3), np.uint8),
+                                     np.full((*spec["resize_rule"]["crop"], 3), 255, np.uint8)])
+                           for spec in self.inputs], check=False)
+        if probe.shape != (2, len(self.classes)):
+            raise self._mismatch(f"it gives {list(probe.shape)} values for two images, not "
+                                 f"[2, {len(self.classes)}]")
+        if not _are_probabilities(probe):
+            raise self._mismatch("its outputs are not probabilities (finite, 0 to 1, summing "
+                                 "to 1 per image)")
 
+    def _mismatch(self, reason: str) -> BundleError:
+        return BundleError(f"{self.path}: {reason}; the graph and its metadata do not belong "
+                           f"together. {REDO_HINT}")
+
+    def _check_inputs(self) -> None:
+        """Each graph input is the metadata's, uint8 [batch, H, W, 3] with a free batch;
+        the metadata's output is among the graph's."""
+        bad = self._mismatch
         graph_inputs = {item.name: item for item in self.session.get_inputs()}
         named = [spec["name"] for spec in self.inputs]
         if sorted(graph_inputs) != sorted(named):
@@ -229,16 +259,6 @@ class OnnxPredictor:
         outputs = [item.name for item in self.session.get_outputs()]
         if self.metadata["output"] not in outputs:
             raise bad(f"the graph has no output {self.metadata['output']!r}")
-        # Two images (black, white) in one batch: one row of probabilities each.
-        probe = self._run([np.stack([np.zeros((*spec["resize_rule"]["crop"], 3), np.uint8),
-                                     np.full((*spec["resize_rule"]["crop"], 3), 255, np.uint8)])
-                           for spec in self.inputs], check=False)
-        if probe.shape != (2, len(self.classes)):
-            raise bad(f"it gives {list(probe.shape)} values for two images, not "
-                      f"[2, {len(self.classes)}]")
-        if not _are_probabilities(probe):
-            raise bad("its outputs are not probabilities (finite, 0 to 1, summing to 1 per "
-                      "image)")
 
     def _run(self, arrays: list[np.ndarray], check: bool = True) -> np.ndarray:
         feeds = {spec["name"]: array for spec, array in zip(self.inputs, arrays)}
