@@ -183,8 +183,9 @@ def main(argv=None) -> None:
     elapsed = time.perf_counter() - started
     if args.timing:
         publish(f"{SECTION}-timing", render_timing(args, results, machine, elapsed), args)
-    else:
-        publish(SECTION, render(args, results, machine, elapsed), args)
+    else:  # the 100/100 split and the k-fold CV each keep their own table
+        publish(SECTION if args.folds <= 1 else f"{SECTION}-cv{args.folds}",
+                render(args, results, machine, elapsed), args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,14 @@ used when scikit-learn's array API dispatch is switched on, which transferkit ne
 so they are kept out while skops is imported (the walk skips a package that raises
 ImportError); a later import of them, by anyone, works as usual because a failed import
 leaves nothing in ``sys.modules``.
+
+The walk itself is skipped too: while skops is imported, ``all_estimators`` answers an
+empty list. skops adds the estimators it lists to every ``trusted`` list a caller gives,
+so with the walk every scikit-learn estimator would load from a received file; without
+it, the types transferkit trusts are exactly its own list
+(:data:`transferkit.methods.linear_probe.TRUSTED_SKOPS_TYPES`), and the import skips
+the walk's second of importing all of scikit-learn (and pytest, which it pulls in). When
+something imported skops before transferkit did, skops keeps its wider defaults.
 """
 
 from __future__ import annotations
@@ -30,13 +38,23 @@ class _SkipArrayApiShims:
         return None
 
 
+def _no_estimators(*args, **kwargs) -> list:
+    return []
+
+
 def skops_io():
-    """The ``skops.io`` module, imported without importing PyTorch, JAX, CuPy or Dask."""
+    """The ``skops.io`` module, imported without importing PyTorch, JAX, CuPy or Dask, and
+    without trusting every scikit-learn estimator by default."""
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
+    import sklearn.utils
+
     finder = _SkipArrayApiShims()
+    listing = sklearn.utils.all_estimators
     sys.meta_path.insert(0, finder)
+    sklearn.utils.all_estimators = _no_estimators  # skops reads it once, at import
     try:
         return importlib.import_module("skops.io")
     finally:
+        sklearn.utils.all_estimators = listing
         sys.meta_path.remove(finder)

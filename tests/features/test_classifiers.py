@@ -162,3 +162,33 @@ def test_lbfgs_linear_svc_weights_images_as_liblinear_does(n_classes):
         ours.fit(X, y, sample_weight=weights)
         np.testing.assert_allclose(ours.coef_, reference.coef_, atol=1e-4)
         np.testing.assert_allclose(ours.intercept_, reference.intercept_, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_lbfgs_linear_svc_solves_the_dual_when_features_outnumber_images(n_classes, monkeypatch):
+    """Fewer images than features (the every-layer Full-Network Embedding): the dual
+    solve must give liblinear's model, weighted images included (weight 0: the image
+    takes no part), and the primal solve's (which stops less close to the optimum: its
+    steps are L-BFGS on 300 × classes weights rather than 24 × classes variables)."""
+    import transferkit.features.classifiers as classifiers
+
+    X, y, _ = _classes(n_classes, 12, dim=300)
+    weights = np.random.default_rng(4).uniform(0.2, 3.0, len(y))
+    weights[:2] = 0.0
+    for C in (1e-3, 1.0):
+        reference = LinearSVC(C=C, tol=1e-10, max_iter=500_000, class_weight="balanced")
+        reference.fit(X, y, sample_weight=weights)
+        dual = LbfgsLinearSVC(C=C, tol=1e-8, class_weight="balanced").fit(X, y, sample_weight=weights)
+        monkeypatch.setattr(classifiers, "DUAL_MAX_IMAGES", 0)  # the primal solve
+        primal = LbfgsLinearSVC(C=C, tol=1e-8, max_iter=20_000, class_weight="balanced")
+        primal.fit(X, y, sample_weight=weights)
+        monkeypatch.undo()
+        scale = np.abs(reference.coef_).max()
+        np.testing.assert_allclose(dual.coef_ / scale, reference.coef_ / scale, atol=1e-6)
+        np.testing.assert_allclose(dual.intercept_, reference.intercept_, atol=1e-6)
+        np.testing.assert_allclose(primal.coef_ / scale, dual.coef_ / scale, atol=1e-2)
+        # An image of weight 0 is outside the model: moving it changes nothing.
+        moved = X.copy()
+        moved[0] += 50.0
+        again = LbfgsLinearSVC(C=C, tol=1e-8, class_weight="balanced").fit(moved, y, sample_weight=weights)
+        np.testing.assert_allclose(again.coef_, dual.coef_, atol=1e-6 * max(1, scale))

@@ -106,8 +106,8 @@ def test_fne_over_every_layer_round_trips_through_export(tiny_checkpoint, tmp_pa
 
     data = write_class_folder(tmp_path / "data", per_class=8, classes=("red", "blue", "green"))
     path, arch = tiny_checkpoint
-    summary = run.fit(data, tmp_path / "model", method="fne", weights=str(path), arch=arch,
-                      layer="all-conv")
+    # Every convolutional layer is the default (the paper's definition).
+    summary = run.fit(data, tmp_path / "model", method="fne", weights=str(path), arch=arch)
     assert summary["val_accuracy"] >= 0.8  # chance 1/3
     model = load_bundle(tmp_path / "model")
     assert model.layer == "all-conv" and model.n_features_in_ == 1264
@@ -118,12 +118,13 @@ def test_fne_over_every_layer_round_trips_through_export(tiny_checkpoint, tmp_pa
     got, got_ok, _ = load_predictor(tmp_path / "model.onnx").predict_paths(images)
     assert got_ok.all() and np.abs(got - expected).max() < 1e-4
 
-    # The stage form is the default; any other layer is refused in one line.
-    stages = run.fit(data, tmp_path / "stages", method="fne", weights=str(path), arch=arch)
+    # The stage form is one option away; any other layer is refused in one line.
+    stages = run.fit(data, tmp_path / "stages", method="fne", weights=str(path), arch=arch,
+                     layer="fne")
     assert load_bundle(tmp_path / "stages").layer == "fne"
     assert load_bundle(tmp_path / "stages").n_features_in_ == STAGE_FORM_DIM
     assert stages["val_accuracy"] >= 0.8
-    with pytest.raises(TransferkitError, match="fne .* or all-conv") as caught:
+    with pytest.raises(TransferkitError, match="all-conv .* or fne") as caught:
         run.fit(data, tmp_path / "other", method="fne", weights=str(path), arch=arch,
                 layer="pre_logits")
     assert "\n" not in str(caught.value)

@@ -19,13 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skops.io
 
 from builders import write_class_folder
 from transferkit.bundle import load_bundle, save_bundle
 from transferkit.cli import main
 from transferkit.errors import BundleError
 from transferkit.methods.registry import bundle_name_of
+from transferkit.skops_io import skops_io
+
+skops_io()  # skops imported as transferkit imports it (no estimator trusted by default)
+import skops.io  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skops.io
 import torch
 
 import transferkit.features.classifiers as classifiers
@@ -31,6 +30,10 @@ from transferkit.cli import main
 from transferkit.errors import BackboneError, BundleError, TransferkitError
 from transferkit.features.classifiers import CLASSIFIERS, make_probe_pipeline
 from transferkit.methods.linear_probe import TRUSTED_SKOPS_TYPES, LinearProbe, load_classifier
+from transferkit.skops_io import skops_io
+
+skops_io()  # skops imported as transferkit imports it (no estimator trusted by default)
+import skops.io  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -188,7 +191,7 @@ def test_a_classifier_file_that_would_run_code_is_refused(name, probe_file, tmp_
     marker = tmp_path / "ran.mat"  # savemat would add .mat to any other name
     node, types = _payloads(marker, tmp_path, monkeypatch)[name]
     evil = _with_payload(probe_file, node, tmp_path / "classifier.skops")
-    assert sorted(skops.io.get_untrusted_types(file=evil)) == types
+    assert sorted(set(skops.io.get_untrusted_types(file=evil)) - set(TRUSTED_SKOPS_TYPES)) == types
 
     # The payload is real: trusting its types makes skops run it while loading.
     loaded = skops.io.load(evil, trusted=list(TRUSTED_SKOPS_TYPES) + types)
@@ -203,6 +206,42 @@ def test_a_classifier_file_that_would_run_code_is_refused(name, probe_file, tmp_
     message = str(refused.value)
     assert "\n" not in message and all(t in message for t in types)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("estimator", ["sklearn.dummy.DummyClassifier",
+                                       "sklearn.preprocessing.FunctionTransformer"])
+def test_a_scikit_learn_estimator_transferkit_never_writes_is_refused(estimator, tmp_path):
+    # skops trusts every scikit-learn estimator by default; transferkit imports skops so
+    # that it trusts none beyond its own exact list (transferkit.skops_io). A
+    # FunctionTransformer holds a callable: trusted, the file would choose what it calls.
+    import importlib
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    module, name = estimator.rsplit(".", 1)
+    X, y = np.random.default_rng(0).normal(size=(20, 4)), np.repeat([0, 1], 10)
+    steps = [getattr(importlib.import_module(module), name)()]
+    if name != "DummyClassifier":
+        steps.append(LogisticRegression())
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(make_pipeline(*steps).fit(X, y), path)
+    with pytest.raises(BundleError, match=f"holds .*{name}.*which transferkit never writes"):
+        load_classifier(path)
+
+
+def test_transferkit_imports_skops_without_scikit_learns_estimator_walk():
+    # The walk imports every scikit-learn module, sklearn.utils._testing (and pytest) among
+    # them; skipped, skops trusts no estimator by default and imports in a second less.
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom transferkit.skops_io import skops_io\nskops_io()\n"
+              "import skops.io._trusted_types as t\n"
+              "print(len(t.SKLEARN_ESTIMATOR_TYPE_NAMES), 'sklearn.utils._testing' in sys.modules, "
+              "'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.stdout.split() == ["0", "False", "False"], result.stderr
 
 
 def test_a_classifier_file_holding_a_kd_tree_is_refused(tmp_path):

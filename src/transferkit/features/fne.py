@@ -2,10 +2,10 @@
 
 Garcia-Gasulla et al. 2018, "On the Behavior of Convolutional Nets for Feature
 Extraction" (JAIR): (1) spatial average pooling of the output of every convolutional
-layer (done by the extractor with ``layer="all-conv"``, see
-:func:`transferkit.backbones.taps.conv_layers`; ``layer="fne"``, the default of
-``--method fne``, pools only the stage outputs and the final features, which scored
-higher on our sets, see ``methods.linear_probe.FNE_LAYERS``), (2) per-feature
+layer (done by the extractor with ``layer="all-conv"``, the default of ``--method fne``,
+see :func:`transferkit.backbones.taps.conv_layers`; ``layer="fne"`` pools only the stage
+outputs and the final features, as accurate on our sets, see
+``methods.linear_probe.FNE_LAYERS``), (2) per-feature
 standardisation with statistics of the training set, (3) discretisation of each
 standardised value to -1 (below ``low``), 0, or +1 (above ``high``), then a linear SVM.
 Discretisation keeps only "is this feature unusually absent / present for this image",
