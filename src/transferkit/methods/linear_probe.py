@@ -421,9 +421,9 @@ def _check_steps_fit_together(path: Path, classifier, unpacked: int) -> None:
 # FNE's input: every convolutional layer as the paper defines it (``layer="all-conv"``,
 # the default since issue 20), or the stage outputs (``layer="fne"``, the default
 # before). Over seven measured columns the two tie on average (mean 0.827 against 0.828):
-# the paper's form wins on sign_language_digits (0.896 against 0.855 test accuracy, 3
+# the paper's form wins on sign_language_digits (0.897 against 0.855 test accuracy, 3
 # seeds), oxford17flowers (0.963 / 0.959) and PH2 with Lite2 (melanoma 0.863 / 0.831,
-# 3-class 0.708 / 0.700, 20-fold balanced accuracy), and loses on hymenoptera (0.913 /
+# 3-class 0.708 / 0.700, 20-fold balanced accuracy), and loses on hymenoptera (0.915 /
 # 0.932) and PH2 with Lite0 (0.816 / 0.853, 0.629 / 0.667); benchmarks/RESULTS.md,
 # features and layers-ph2. With no accuracy to choose between them, the default is the
 # method as published; the stage form, 10 times fewer features (a fit on hymenoptera
