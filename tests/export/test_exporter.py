@@ -139,3 +139,39 @@ def test_fused_bundled_backbones_export_with_one_input_each(data, tmp_path):
     predictor = assert_export_matches(folder, tmp_path / "fused.onnx", compare)
     assert [spec["resize_rule"]["crop"] for spec in predictor.inputs] == [[224, 224], [240, 240]]
     assert [spec["name"] for spec in predictor.inputs] == ["images", "images_1"]
+
+
+def test_a_segmentation_export_tolerates_ties_but_not_flipped_decided_pixels(monkeypatch):
+    """Where the folder's two most probable classes tie, rounding decides the class, in
+    the folder as in the file: such a pixel may differ. Anywhere else it may not."""
+    import numpy as np
+
+    import transferkit.export.exporter as exporter
+    import transferkit.runtime.onnx_segmenter as onnx_segmenter
+
+    def compare(folder_map, file_map):
+        class Folder:
+            def predict_proba_paths(self, paths):
+                return [folder_map], np.ones(1, bool), []
+
+        class File:
+            def __init__(self, path):
+                pass
+
+            def predict_proba_paths(self, paths):
+                return [file_map], np.ones(1, bool), []
+
+        monkeypatch.setattr(onnx_segmenter, "OnnxSegmenter", File)
+        return exporter._compare_segmentation(Folder(), None, [None])
+
+    def maps(p0, p1):
+        return np.stack([np.full((3, 4), p0), np.full((3, 4), p1)]).astype(np.float64)
+
+    # An exact tie in the folder, class 1 by 1e-7 in the file: every pixel flips, excused.
+    check = compare(maps(0.5, 0.5), maps(0.5, 0.5 + 1e-7))
+    assert check["same_top1"] is True and check["same_class_pixels"] == 0.0
+    # Classes 6e-4 apart (more than twice the tolerance): a flip fails the check.
+    check = compare(maps(0.5003, 0.4997), maps(0.4997, 0.5003))
+    assert check["same_top1"] is False and check["same_class_pixels"] == 0.0
+    check = compare(maps(0.9, 0.1), maps(0.9, 0.1))
+    assert check["same_top1"] is True and check["same_class_pixels"] == 1.0

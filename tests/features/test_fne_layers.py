@@ -124,7 +124,7 @@ def test_fne_over_every_layer_round_trips_through_export(tiny_checkpoint, tmp_pa
     assert load_bundle(tmp_path / "stages").layer == "fne"
     assert load_bundle(tmp_path / "stages").n_features_in_ == STAGE_FORM_DIM
     assert stages["val_accuracy"] >= 0.8
-    with pytest.raises(TransferkitError, match="all-conv .* or fne") as caught:
+    with pytest.raises(TransferkitError, match="all-conv .* or fne / stages") as caught:
         run.fit(data, tmp_path / "other", method="fne", weights=str(path), arch=arch,
                 layer="pre_logits")
     assert "\n" not in str(caught.value)

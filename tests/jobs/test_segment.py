@@ -335,13 +335,24 @@ def test_a_segmentation_file_is_refused_by_the_classifier_commands(exported, dis
     assert "segmentation model" in err
 
 
+def segment_size(onnx_path):
+    from transferkit.runtime import OnnxSegmenter
+
+    return OnnxSegmenter(onnx_path).input_size
+
+
 def test_a_tampered_segmentation_file_is_one_line(exported, discs, tmp_path, capsys):
     import onnx
 
     onnx_path, _ = exported
     _, (images, masks) = discs
+    size = json.dumps(list(segment_size(onnx_path)))
+    cropped = json.dumps([{"name": "images", "resize_rule": {
+        "resize": "shorter_side", "resize_to": [int(json.loads(size)[0])] * 2,
+        "crop": json.loads(size), "interpolation": "bilinear"}}])
     for key, value in (("task", '"classification"'), ("task", '"cells"'),
-                       ("classes", "[0, 1, 2]"), ("input_size", "[32, 32]")):
+                       ("classes", "[0, 1, 2]"), ("input_size", "[32, 32]"),
+                       ("inputs", cropped), ("classes", json.dumps(list(range(300))))):
         model = onnx.load(str(onnx_path))
         for prop in model.metadata_props:
             if prop.key == key:
@@ -354,3 +365,13 @@ def test_a_tampered_segmentation_file_is_one_line(exported, discs, tmp_path, cap
             err = _one_line_error(capsys, ["segment", "evaluate", str(edited), str(images),
                                            str(masks)])
         assert str(edited) in err, (key, value, err)
+
+
+def test_a_model_folder_named_like_an_onnx_file_is_read_as_a_folder(fitted, discs, tmp_path):
+    import shutil
+
+    out, _ = fitted
+    _, (images, masks) = discs
+    folder = tmp_path / "lesions.onnx"
+    shutil.copytree(out, folder)
+    assert segment.evaluate(folder, images, masks)["dice"] == segment.evaluate(out, images, masks)["dice"]

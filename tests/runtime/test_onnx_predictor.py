@@ -271,3 +271,26 @@ def test_without_onnxruntime_predicting_is_one_error_line(student_export, tmp_pa
     error = capsys.readouterr().err
     assert error.startswith("error: ") and error.count("\n") == 1
     assert "pip install 'transferkit[runtime]'" in error
+
+
+def test_a_graph_that_fails_on_other_batches_is_one_error_line(student_export, tmp_path):
+    """The load-time probe is one batch of two images; a graph that runs only on that
+    shape (here: reshaped to two rows) failed later inside ONNX Runtime with a traceback."""
+    from onnx import TensorProto, helper
+
+    _, exported, _ = student_export
+    n_classes = len(OnnxPredictor(exported).classes)
+
+    def two_rows_only(old, new):
+        rows = helper.make_tensor("two_rows_value", TensorProto.INT64, [2], [2, n_classes])
+        return [helper.make_node("Constant", [], ["two_rows"], value=rows),
+                helper.make_node("Reshape", [old, "two_rows"], [new])]
+
+    crafted = _replace_output(exported, tmp_path / "two-rows.onnx", two_rows_only)
+    predictor = OnnxPredictor(crafted)  # the probe's batch of two passes
+    image = tmp_path / "one.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(image)
+    with pytest.raises(BundleError) as caught:
+        predictor.predict_proba([image])
+    message = str(caught.value)
+    assert "\n" not in message and str(crafted) in message and "failed on 1 image" in message

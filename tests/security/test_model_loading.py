@@ -230,6 +230,44 @@ def test_a_scikit_learn_estimator_transferkit_never_writes_is_refused(estimator,
         load_classifier(path)
 
 
+def test_the_allow_list_holds_whatever_imported_skops_first(tmp_path):
+    # skops imported before transferkit trusts every scikit-learn estimator by default;
+    # load_classifier still checks every type the file names against its own lists.
+    import subprocess
+    import sys
+
+    from sklearn.dummy import DummyClassifier
+    from sklearn.pipeline import make_pipeline
+
+    X, y = np.random.default_rng(0).normal(size=(20, 4)), np.repeat([0, 1], 10)
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(make_pipeline(DummyClassifier()).fit(X, y), path)
+    script = ("import skops.io, sys\nfrom pathlib import Path\n"
+              "from transferkit.methods.linear_probe import load_classifier\n"
+              "try:\n    load_classifier(Path(sys.argv[1]))\nexcept Exception as exc:\n"
+              "    print(type(exc).__name__, exc)\nelse:\n    print('loaded')")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                            text=True)
+    assert result.stdout.startswith("BundleError") and "DummyClassifier" in result.stdout, \
+        result.stdout + result.stderr
+
+
+def test_an_estimator_carrying_other_types_than_it_is_written_with_is_refused(tmp_path):
+    # skops trusts some scikit-learn internals and numpy types by default (loss objects,
+    # random generators); no classifier transferkit writes holds them.
+    from sklearn._loss.loss import HalfBinomialLoss
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    X, y = np.random.default_rng(0).normal(size=(20, 4)), np.repeat([0, 1], 10)
+    pipeline = make_pipeline(LogisticRegression()).fit(X, y)
+    pipeline[-1].extra_loss_ = HalfBinomialLoss()
+    path = tmp_path / "classifier.skops"
+    skops.io.dump(pipeline, path)
+    with pytest.raises(BundleError, match="HalfBinomialLoss.*which transferkit never writes"):
+        load_classifier(path)
+
+
 def test_transferkit_imports_skops_without_scikit_learns_estimator_walk():
     # The walk imports every scikit-learn module, sklearn.utils._testing (and pytest) among
     # them; skipped, skops trusts no estimator by default and imports in a second less.

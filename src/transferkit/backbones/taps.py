@@ -179,8 +179,9 @@ def conv_layers(model: "nn.Module", input_size=None) -> list[str]:
     names = list(dict.fromkeys(names))  # a module called twice is tapped once
     if len(names) < 2:
         raise TransferkitError(f"{type(model).__name__} has {len(names)} convolutional layer(s); "
-                               f"--layer {ALL_CONV} needs a convolutional network (use "
-                               "--layer stages).")
+                               f"--layer {ALL_CONV} (the default of --method fne) needs a "
+                               "convolutional network; use --layer stages (the stage outputs, "
+                               "which --method fne also takes).")
     _CONV_LAYERS_MEMO[model] = list(names)
     return names
 

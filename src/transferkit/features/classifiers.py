@@ -131,7 +131,7 @@ class LbfgsLinearSVC(LinearSVC):
         else:
             weights, result = self._solve_primal(X, signs, image_c)
         if not result.success:
-            warnings.warn(f"{type(self).__name__} did not converge in {self.max_iter} "
+            warnings.warn(f"{type(self).__name__} did not converge in {result.nit} "
                           f"iterations ({result.message})", ConvergenceWarning)
         if self.fit_intercept:
             self.coef_ = np.ascontiguousarray(weights[:-1].T)

@@ -39,8 +39,8 @@ def render(summary: dict) -> str:
         return (f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB): segmentation, "
                 f"{len(summary['classes'])} pixel classes, input {sizes} uint8 RGB\n"
                 f"checked on {check['images']} images: largest per-pixel probability difference "
-                f"to the model folder {check['max_abs_difference']:.1e}, same class at every "
-                f"pixel: {'yes' if check['same_top1'] else 'no'}")
+                f"to the model folder {check['max_abs_difference']:.1e}, same class at "
+                f"{100 * check['same_class_pixels']:.3f}% of pixels (elsewhere two classes tie)")
     return (f"wrote {summary['out']} ({summary['bytes'] / 2**20:.1f} MiB): {summary['method']}, "
             f"{len(summary['classes'])} classes, input {sizes} uint8 RGB\n"
             f"checked on {check['images']} images: largest probability difference to the model "

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--layer", help="layer(s) to use: a name, a comma-separated list, "
                        "'stages', 'all' or 'all-conv' (see `transferkit backbones --layers`); "
                        "default pre_logits; fne: all-conv (every convolutional layer, "
-                       "default) or fne (the stage outputs)")
+                       "default) or fne / stages (the stage outputs)")
     probe.add_argument("--pooling", choices=_options.POOLINGS, help="default avg")
     probe.add_argument("--normalise", choices=["l2"], help="L2-normalise each feature vector")
     probe.add_argument("--pca", type=_components_or_share,

@@ -28,7 +28,8 @@ def run(bundle: str | os.PathLike, inputs, cache_dir=None, use_cache: bool = Tru
     start = time.perf_counter()
     # An exported model: ONNX Runtime, no torch or scikit-learn. A missing or special
     # .onnx path goes there too, to be named as the file it is meant to be.
-    if os.path.isfile(bundle) or str(bundle).lower().endswith(".onnx"):
+    if os.path.isfile(bundle) or (str(bundle).lower().endswith(".onnx")
+                                   and not os.path.isdir(bundle)):
         from transferkit.runtime import load_predictor
 
         estimator = load_predictor(bundle)

@@ -123,7 +123,8 @@ def _pairs(images, masks):
 def _load(bundle):
     """A model folder (PyTorch), or a file from `transferkit export` (ONNX Runtime only:
     no torch import); a missing or special .onnx path is named as the file it is meant to be."""
-    if os.path.isfile(bundle) or str(bundle).lower().endswith(".onnx"):
+    if os.path.isfile(bundle) or (str(bundle).lower().endswith(".onnx")
+                                   and not os.path.isdir(bundle)):
         from transferkit.runtime.onnx_segmenter import OnnxSegmenter
 
         return OnnxSegmenter(bundle)

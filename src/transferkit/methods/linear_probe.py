@@ -18,6 +18,7 @@ test images are always scored shard by shard, so memory is bounded by a shard.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -57,10 +58,12 @@ from transferkit.features.extract import FrozenFeaturesMixin
 
 SKOPS_FILE = "classifier.skops"
 # The exact types the pipelines of make_probe_pipeline hold once fitted (every
-# classifier, embedding, normalisation and PCA option) beyond skops' defaults for numpy
-# and builtins; scikit-learn's estimators are not among those defaults
-# (transferkit.skops_io keeps skops from trusting them all). A classifier file with any
-# other type is refused before anything is built.
+# classifier, embedding, normalisation and PCA option); load_classifier refuses a file
+# naming any other type (beyond PLAIN_SKOPS_TYPES below) before anything is built.
+# skops itself trusts more by default (every scikit-learn estimator, unless
+# transferkit.skops_io imported skops first, and some numpy and scikit-learn internals),
+# so this list is checked against every type the file's schema names, not only against
+# what skops calls untrusted.
 # Never a whole module: skops calls a trusted callable with arguments stored in the
 # file, so trusting every name in the builtins module trusts exec.
 # tests/security/test_model_loading.py
@@ -82,6 +85,13 @@ TRUSTED_SKOPS_TYPES = (
     "sklearn.preprocessing._label.LabelBinarizer",
     "transferkit.features.classifiers.LbfgsLinearSVC",
     "transferkit.features.fne.FullNetworkEmbedding",
+)
+# The containers and numpy values those pipelines' files name besides (skops rebuilds
+# them with its own safe loaders); a file naming any type outside both lists is refused.
+PLAIN_SKOPS_TYPES = (
+    "builtins.bool", "builtins.dict", "builtins.float", "builtins.int", "builtins.list",
+    "builtins.str", "builtins.tuple", "numpy.bool_", "numpy.float32", "numpy.float64",
+    "numpy.int32", "numpy.int64", "numpy.ndarray", "numpy.random.mtrand.RandomState",
 )
 # config.json as _save_artifacts writes it; params leave out the machine-local options.
 _CONFIG_SCHEMA = {"classes": CLASS_NAMES, "n_features": "integer", "layers": ["string"],
@@ -345,6 +355,21 @@ def _check_pca(folder: Path, pca) -> None:
                       f"edited. {REDO_HINT}")
 
 
+def _types_named_in(schema) -> set[str]:
+    """Every ``module.class`` a skops schema names (walked without recursion, so a deeply
+    nested file cannot exhaust the stack)."""
+    names, pending = set(), [schema]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if "__module__" in node and "__class__" in node:
+                names.add(f"{node['__module__']}.{node['__class__']}")
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return names
+
+
 def load_classifier(path: Path):
     """The scikit-learn pipeline in a bundle's skops file, refusing any type not in
     :data:`TRUSTED_SKOPS_TYPES` before anything in the file is built or called."""
@@ -367,12 +392,18 @@ def load_classifier(path: Path):
                               f"{path.stat().st_size / 2**20:.1f} MiB, which no classifier "
                               f"transferkit writes does; refusing it. {REDO_HINT}")
         untrusted = skops.get_untrusted_types(file=path)
+        with zipfile.ZipFile(path) as archive:
+            named_types = _types_named_in(json.loads(archive.read("schema.json")))
     except BundleError:
         raise
     except Exception as exc:  # not a zip, no schema.json, a malformed node...
         raise BundleError(f"{path}: not a readable skops file ({type(exc).__name__}: "
                           f"{first_line(exc)}). {REDO_HINT}") from exc
-    refused = sorted(set(untrusted) - set(TRUSTED_SKOPS_TYPES))
+    # skops' own check trusts its defaults (every scikit-learn estimator, unless
+    # transferkit.skops_io imported skops first); every type the file names must also be
+    # one transferkit writes, whatever was imported first.
+    refused = sorted((set(untrusted) | named_types)
+                     - set(TRUSTED_SKOPS_TYPES) - set(PLAIN_SKOPS_TYPES))
     if refused:
         named = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
         raise BundleError(f"{path} holds {named}, which transferkit never writes; refusing to "
@@ -428,7 +459,7 @@ def _check_steps_fit_together(path: Path, classifier, unpacked: int) -> None:
 # features and layers-ph2. With no accuracy to choose between them, the default is the
 # method as published; the stage form, 10 times fewer features (a fit on hymenoptera
 # 28 s against 38 s cold here), stays one option away.
-FNE_LAYERS = ("all-conv", "fne")
+FNE_LAYERS = ("all-conv", "fne", "stages")  # "stages" names the same taps as "fne"
 
 
 def full_network_embedding(**params) -> LinearProbe:
@@ -442,7 +473,7 @@ def full_network_embedding(**params) -> LinearProbe:
     params.setdefault("layer", FNE_LAYERS[0])
     if params["layer"] not in FNE_LAYERS:
         raise TransferkitError(f"--method fne takes --layer all-conv (every convolutional "
-                               f"layer, the default) or fne (the stage outputs), not "
+                               f"layer, the default) or fne / stages (the stage outputs), not "
                                f"{params['layer']!r}.")
     params.update(pooling="avg", embedding="fne")  # FNE's definition
     return LinearProbe(**params)

@@ -262,12 +262,19 @@ class OnnxPredictor:
 
     def _run(self, arrays: list[np.ndarray], check: bool = True) -> np.ndarray:
         feeds = {spec["name"]: array for spec, array in zip(self.inputs, arrays)}
-        (probabilities,) = self.session.run([self.metadata["output"]], feeds)
-        probabilities = np.asarray(probabilities, dtype=np.float64)
-        if check and probabilities.shape != (len(arrays[0]), len(self.classes)):
-            raise BundleError(f"{self.path}: the graph gave {list(probabilities.shape)} values "
+        try:
+            (outputs,) = self.session.run([self.metadata["output"]], feeds)
+        except Exception as exc:  # a graph that fails on some inputs (ONNX Runtime's errors)
+            raise BundleError(f"{self.path}: the model failed on {len(arrays[0])} image(s) "
+                              f"({_first_line(exc)}). {REDO_HINT}") from exc
+        outputs = np.asarray(outputs, dtype=np.float64)
+        if check and outputs.shape != (len(arrays[0]), len(self.classes)):
+            raise BundleError(f"{self.path}: the graph gave {list(outputs.shape)} values "
                               f"for {len(arrays[0])} images. {REDO_HINT}")
-        return probabilities
+        if check and not _are_probabilities(outputs):
+            raise BundleError(f"{self.path}: the graph gave values that are not probabilities "
+                              f"(finite, 0 to 1, summing to 1 per image). {REDO_HINT}")
+        return outputs
 
     # -- images --------------------------------------------------------------------------
     def preprocess(self, image) -> list[np.ndarray]:

@@ -17,6 +17,9 @@ from transferkit.errors import BundleError, ImageDecodeError, TransferkitError
 from transferkit.runtime.onnx_predictor import REDO_HINT, SEGMENTATION, OnnxPredictor
 
 
+MAX_CLASSES = 255  # masks are written as 8-bit class indices, as `segment fit` allows
+
+
 def _source_positions(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each output index along one axis: the two input indices it blends and the
     weight of the second, as PyTorch's bilinear upsampling with ``align_corners=False``
@@ -60,6 +63,16 @@ class OnnxSegmenter(OnnxPredictor):
         if len(self.inputs) != 1:
             raise BundleError(f"{self.path}: a segmentation export has one input, this one "
                               f"names {len(self.inputs)}. {REDO_HINT}")
+        rule = self.inputs[0]["resize_rule"]
+        # The export stretches every image to the square input, so that the logits map
+        # back onto the whole image; a crop or a kept aspect ratio would misplace the mask.
+        if rule["resize"] != "exact" or rule["resize_to"] != rule["crop"]:
+            raise BundleError(f"{self.path}: its resize rule crops or keeps the aspect ratio "
+                              "(a segmentation export stretches each image to its input), so "
+                              f"masks would not line up with the images. {REDO_HINT}")
+        if not 2 <= self.n_classes <= MAX_CLASSES:
+            raise BundleError(f"{self.path}: {self.n_classes} classes; masks hold class indices "
+                              f"0 to {MAX_CLASSES} (one byte per pixel). {REDO_HINT}")
         self._check_inputs()
         height, width = self.input_size
         probe = self._run([np.stack([np.zeros((height, width, 3), np.uint8),
@@ -75,6 +88,9 @@ class OnnxSegmenter(OnnxPredictor):
         if logits.shape != (1, self.n_classes, *self.input_size):
             raise BundleError(f"{self.path}: the graph gave {list(logits.shape)} values for one "
                               f"image. {REDO_HINT}")
+        if not np.isfinite(logits).all():
+            raise BundleError(f"{self.path}: the graph gave non-finite logits for an image. "
+                              f"{REDO_HINT}")
         return logits[0]
 
     def predict_proba_paths(self, paths):

@@ -145,5 +145,6 @@ class BundleModel:
 
 def load_served_model(path: str | os.PathLike) -> ExportedModel | BundleModel:
     """An exported ``.onnx`` file or a model folder, ready to serve."""
-    exported = os.path.isfile(path) or str(path).lower().endswith(".onnx")
+    exported = os.path.isfile(path) or (str(path).lower().endswith(".onnx")
+                                               and not os.path.isdir(path))
     return ExportedModel(path) if exported else BundleModel(path)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from transferkit.methods.domain._deep_base import DeepSourceOnly
-from transferkit.methods.domain.dann import dann_lambda, gradient_reversal
+from transferkit.methods.domain.dann import dann_lambda, domain_discriminator, gradient_reversal
 
 # Above this many d·c values the map is randomized to RANDOMIZED_DIM (the paper's rule).
 MULTILINEAR_LIMIT = 4096
@@ -82,15 +82,11 @@ class CDAN(DeepSourceOnly):
     paper's) scales the conditional domain loss, the λ_p schedule the reversed gradient."""
 
     def _extra_modules(self, n_features: int) -> dict:
-        from torch import nn
-
         conditioning = _conditioning_map(n_features, len(self.classes_))
         # The paper's discriminator: 1024 hidden units on a pretrained backbone; the
         # digit network's features are smaller and its data sets too, so 500 there.
         hidden = 1024 if self._uses_pretrained_backbone() else 500
-        domain = nn.Sequential(nn.Linear(conditioning.out_features, hidden), nn.ReLU(),
-                               nn.Dropout(0.5), nn.Linear(hidden, hidden), nn.ReLU(),
-                               nn.Dropout(0.5), nn.Linear(hidden, 1))
+        domain = domain_discriminator(conditioning.out_features, hidden, layers=2)
         return {"conditioning": conditioning, "domain": domain}
 
     def _adaptation_loss(self, model, batch):
