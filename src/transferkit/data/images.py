@@ -226,6 +226,19 @@ def load_image(path: str | os.PathLike, draft_size: tuple[int, int] | None = Non
         raise ImageDecodeError(f"{path}: corrupt or truncated image ({exc})") from exc
 
 
+def readable_images(paths, ok: np.ndarray, skipped: list):
+    """Yield ``(index, RGB picture)`` for each of ``paths`` that decodes, marking it in
+    ``ok``; an unreadable one is appended to ``skipped`` as ``(path, reason)`` instead."""
+    for index, path in enumerate(paths):
+        try:
+            picture = load_image(path)
+        except ImageDecodeError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        ok[index] = True
+        yield index, picture
+
+
 def load_small_images(paths, size: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Decode ``paths`` as ``size``×``size`` RGB uint8 arrays (bilinear resize).
 
@@ -233,15 +246,9 @@ def load_small_images(paths, size: int) -> tuple[np.ndarray, np.ndarray, list[tu
     an unreadable file is reported and left out, the others are kept.
     """
     images, ok, skipped = [], np.zeros(len(paths), dtype=bool), []
-    for i, path in enumerate(paths):
-        try:
-            picture = load_image(path)
-        except ImageDecodeError as exc:
-            skipped.append((str(path), str(exc)))
-            continue
+    for _, picture in readable_images(paths, ok, skipped):
         if picture.size != (size, size):
             picture = picture.resize((size, size), Image.BILINEAR)
         images.append(np.asarray(picture, dtype=np.uint8))
-        ok[i] = True
     stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     return stacked, ok, skipped

@@ -431,7 +431,7 @@ class SegmentationTransfer(BaseEstimator):
         from PIL import Image
         from torch.nn import functional as F
 
-        from transferkit.data.images import load_image
+        from transferkit.data.images import readable_images
 
         check_is_fitted(self, "model_")
         size = int(self.image_size)
@@ -442,12 +442,7 @@ class SegmentationTransfer(BaseEstimator):
         results, ok, skipped = [], np.zeros(len(paths), dtype=bool), []
         try:
             with torch.inference_mode():
-                for i, path in enumerate(paths):
-                    try:
-                        picture = load_image(path)
-                    except ImageDecodeError as exc:
-                        skipped.append((str(path), str(exc)))
-                        continue
+                for _, picture in readable_images(paths, ok, skipped):
                     width, height = picture.size
                     pixels = np.array(picture.resize((size, size), Image.BILINEAR), dtype=np.uint8)
                     batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
@@ -455,7 +450,6 @@ class SegmentationTransfer(BaseEstimator):
                     logits = F.interpolate(logits, size=(height, width), mode="bilinear",
                                            align_corners=False)
                     results.append(torch.softmax(logits, 1)[0].cpu().numpy())
-                    ok[i] = True
         finally:
             self.model_ = model.cpu()
         return results, ok, skipped

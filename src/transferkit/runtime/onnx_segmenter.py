@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transferkit.errors import BundleError, ImageDecodeError, TransferkitError
+from transferkit.errors import BundleError, TransferkitError
 from transferkit.runtime.onnx_predictor import REDO_HINT, SEGMENTATION, OnnxPredictor
 
 
@@ -96,20 +96,14 @@ class OnnxSegmenter(OnnxPredictor):
     def predict_proba_paths(self, paths):
         """(per-pixel class probabilities ``(C, H, W)`` float32 of each readable image at
         its own size, ok mask, skipped ``(path, reason)`` list)."""
-        from transferkit.data.images import load_image
+        from transferkit.data.images import readable_images
         from transferkit.runtime.preprocessing import apply_rule
 
         rule = self.inputs[0]["resize_rule"]
         results, ok, skipped = [], np.zeros(len(paths), dtype=bool), []
-        for index, path in enumerate(paths):
-            try:
-                picture = load_image(path)
-            except ImageDecodeError as exc:
-                skipped.append((str(path), str(exc)))
-                continue
+        for _, picture in readable_images(paths, ok, skipped):
             logits = self._logits(apply_rule(picture, rule)).astype(np.float32)
             results.append(softmax(resize_bilinear(logits, picture.height, picture.width)))
-            ok[index] = True
         return results, ok, skipped
 
     def predict_paths_masks(self, paths):
