@@ -13,6 +13,10 @@ runs with the same settings.
     python -m benchmarks.bench_domain_office31 --prewarm            # the activation cache
     python -m benchmarks.bench_domain_office31 --pairs A-W --methods deep-source-only dann
     python -m benchmarks.bench_domain_office31 --table              # rebuild the section
+
+On a GPU the whole backbone can train (``--trainable 8``: every layer group of Lite0, the
+reference protocol); ``--device cuda --deadline S --runs-file F`` then run one pair per
+process side by side, each stopping before a run that would start after S seconds.
 """
 
 from __future__ import annotations
@@ -40,10 +44,10 @@ PUBLISHED = {"source only": {"A-W": 75.8, "D-W": 95.5, "W-D": 99.0, "A-D": 79.3,
              "MCC": {"avg": 89.6}}
 
 
-def domain(letter: str):
+def domain(letter: str, root: Path = ROOT):
     from transferkit.jobs._common import read_labelled_folder
 
-    return read_labelled_folder(ROOT / DOMAINS[letter], what=f"office31/{DOMAINS[letter]}")
+    return read_labelled_folder(root / DOMAINS[letter], what=f"office31/{DOMAINS[letter]}")
 
 
 def prewarm(trainable_values, views: int) -> None:
@@ -64,31 +68,50 @@ def prewarm(trainable_values, views: int) -> None:
               f"{result.n_cached} cached, {time.perf_counter() - started:.0f} s", flush=True)
 
 
+def apply_variant(variant: str) -> None:
+    """Diagnostic changes to the whole-backbone protocol, '+'-joined: ``bn-train`` puts the
+    backbone's BatchNorm layers in training mode (batch statistics, as before 2026-11-27;
+    the default keeps their ImageNet statistics), ``lrX`` trains the backbone at X × the
+    heads' rate (default 0.1)."""
+    from transferkit.methods.domain import _pretrained
+
+    for part in filter(None, variant.split("+")):
+        if part == "bn-train":
+            _pretrained._BackboneTail.train = _pretrained.nn.Module.train
+        elif part.startswith("lr"):
+            _pretrained.BACKBONE_LR_FACTOR = float(part[2:])
+        else:
+            raise SystemExit(f"unknown variant {part!r}")
+
+
 def load_runs() -> list[dict]:
     return json.loads(RUNS.read_text()) if RUNS.exists() else []
 
 
-def save_run(run: dict) -> None:
+def save_run(run: dict, path: Path = RUNS) -> None:
     """Append one run; locked, as two of these scripts may run side by side."""
     import fcntl
 
-    with open(RUNS.with_suffix(".lock"), "w") as lock:
+    with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = load_runs()
+        runs = json.loads(path.read_text()) if path.exists() else []
         runs.append(run)
-        RUNS.write_text(json.dumps(runs, indent=1) + "\n")
+        path.write_text(json.dumps(runs, indent=1) + "\n")
 
 
-def fit_one(method: str, source, target, settings: dict, seed: int, weight=None) -> dict:
+def fit_one(method: str, source, target, settings: dict, seed: int, weight=None,
+            device: str = "auto") -> dict:
     """One fit; besides the final target accuracy, each epoch's label-free criteria and
     target accuracy (read by this benchmark only, to measure how well the criteria choose)."""
     import torch
 
     from transferkit.methods import create_method
+    from transferkit.methods.domain._deep_base import chunks
 
     options = {k: v for k, v in settings.items() if k in ("epochs", "trainable", "views",
                                                              "criterion")}
     options["random_state"] = seed
+    options["device"] = device
     if weight is not None:
         options["adaptation_weight"] = weight
     model = create_method(method, **options)
@@ -102,8 +125,10 @@ def fit_one(method: str, source, target, settings: dict, seed: int, weight=None)
 
         def both(network):
             row = evaluate(network)
-            logits = torch.cat([network(chunk) for chunk in images.split(512)])
-            row["target_accuracy"] = float((logits.argmax(1) == target_y).float().mean())
+            on = next(network.parameters()).device
+            predicted = torch.cat([network(chunk.to(on)).argmax(1).cpu()
+                                   for chunk in chunks(images)])
+            row["target_accuracy"] = float((predicted == target_y).float().mean())
             return row
 
         return both
@@ -132,27 +157,54 @@ def main(argv=None) -> None:
     parser.add_argument("--weights", nargs="*", type=float, default=[],
                         help="adaptation-weight grid (each a separate run, for the criterion row)")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="the Office-31 folder (amazon/, dslr/, webcam/)")
+    parser.add_argument("--images-note", default="",
+                        help="how these images differ from the shared set's (kept in each run)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: two of these side by side on 2 cores)")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="start no run after this many seconds")
+    parser.add_argument("--more-methods", nargs="*", default=[],
+                        help="methods run after the others, with the first seed only")
+    parser.add_argument("--runs-file", type=Path, default=RUNS)
+    parser.add_argument("--variant", default="", help="see apply_variant")
     args = parser.parse_args(argv)
     if args.prewarm:
         prewarm(sorted({0, args.trainable}), args.views)
         return
     import torch
 
-    torch.set_num_threads(1)  # run two of these side by side on a 2-core machine
+    torch.set_num_threads(args.threads)
     settings = {"epochs": args.epochs, "trainable": args.trainable, "views": args.views,
                 "criterion": args.criterion}
+    if args.variant:
+        apply_variant(args.variant)
+        settings["variant"] = args.variant
+    started = time.perf_counter()
+    machine = machine_line()
+    device_name = torch.cuda.get_device_name() if args.device != "cpu" and \
+        torch.cuda.is_available() else None
     if not args.table:
         for pair in args.pairs:
-            source, target = (domain(letter) for letter in pair.split("-"))
-            for seed in args.seeds:
-                for method in args.methods:
-                    grid = args.weights if (args.weights and method != "deep-source-only") else [None]
-                    for weight in grid:
-                        result = fit_one(method, source, target, settings, seed, weight)
-                        run = {"pair": pair, "method": method, "seed": seed, **settings,
-                               "weight_grid": weight is not None, **result}
-                        save_run(run)
-                        print(json.dumps(run), flush=True)
+            source, target = (domain(letter, args.root) for letter in pair.split("-"))
+            plan = [(seed, method) for seed in args.seeds for method in args.methods]
+            plan += [(args.seeds[0], method) for method in args.more_methods]
+            for seed, method in plan:
+                grid = args.weights if (args.weights and method != "deep-source-only") else [None]
+                for weight in grid:
+                    if args.deadline is not None and \
+                            time.perf_counter() - started > args.deadline:
+                        print(f"deadline: {pair} {method} seed {seed} not run", flush=True)
+                        continue
+                    result = fit_one(method, source, target, settings, seed, weight,
+                                     args.device)
+                    run = {"pair": pair, "method": method, "seed": seed, **settings,
+                           "weight_grid": weight is not None, **result, "machine": machine,
+                           "device": device_name, "images": args.images_note or None}
+                    save_run(run, args.runs_file)
+                    print(json.dumps(run), flush=True)
     write_table(settings)
 
 
@@ -168,22 +220,101 @@ def _chosen(history: list[dict], key: str) -> dict:
     return (min if key == "dev" else max)(rows, key=lambda r: r[key])
 
 
+GPU_PAIRS = ["D-W", "W-D", "A-D", "D-A", "W-A", "A-W"]
+VARIANT_LABELS = {"bn-train": "BatchNorm on batch statistics (before)",
+                  "bn-train+lr0.01": "batch statistics, backbone lr × 0.01",
+                  "": "BatchNorm statistics kept (the default now)",
+                  "lr0.01": "statistics kept, backbone lr × 0.01"}
+
+
+def write_gpu_table() -> None:
+    """The whole backbone trained on a GPU, by BatchNorm treatment, against the frozen one.
+
+    One measure for every row: target accuracy at the epoch DEV keeps, before AdaBN (what
+    the runs' histories hold): the MCC runs with the statistics kept were made while AdaBN
+    still re-estimated the backbone's frozen layers too, so their final accuracy is not what
+    the code gives now."""
+    runs = [r for r in load_runs() if not r.get("weight_grid") and r["epochs"] == 10
+            and r["views"] == 4 and r["criterion"] == "dev"
+            and (r["trainable"] == 0 or (r["trainable"] == 8 and r.get("device")))]
+    if not any(r["trainable"] == 8 for r in runs):
+        return
+
+    def kept(run):
+        return _chosen(run["history"], "dev")["target_accuracy"]
+
+    rows = [("frozen backbone (CPU, table above)", 0, None)] + [
+        (VARIANT_LABELS[v], 8, v) for v in VARIANT_LABELS]
+    machines = sorted({r["machine"].split("; load average")[0] for r in runs if r.get("device")})
+    devices = sorted({r["device"] for r in runs if r.get("device")})
+    notes = sorted({r["images"] for r in runs if r.get("images")})
+    lines = ["`python -m benchmarks.bench_domain_office31 --trainable 8 --device cuda --variant "
+             "V --root RESIZED …` (one pair per process, six side by side; "
+             "`--table --trainable 8` rebuilds this). " + "; ".join(machines) + "; "
+             + ", ".join(devices) + ".", "",
+             "Images: " + "; ".join(notes) + ".", "",
+             "The whole of EfficientNet-Lite0 trains (all 8 layer groups, at 0.1 × the heads' "
+             "learning rate unless said), otherwise the protocol of the table above (10 epochs, "
+             "centre + 4 augmented views, SGD 0.01, DEV keeps the epoch). **Every cell is the "
+             "target accuracy at the epoch DEV keeps, before AdaBN** (%, mean (n)), the one "
+             "measure all these runs hold: see `write_gpu_table`. The frozen-backbone row is "
+             "the table above's runs under the same measure.", "",
+             "| backbone | method | " + " | ".join(p.replace("-", "→") for p in GPU_PAIRS)
+             + " |", "|---|---|" + "---|" * len(GPU_PAIRS)]
+    for label, trainable, variant in rows:
+        for method in ("deep-source-only", "mcc"):
+            cells = []
+            for pair in GPU_PAIRS:
+                values = [kept(r) for r in runs if r["trainable"] == trainable
+                          and r["method"] == method and r["pair"] == pair
+                          and (trainable == 0 or r.get("variant", "") == variant)]
+                cells.append(f"{100 * np.mean(values):.1f} ({len(values)})" if values else "—")
+            if any(c != "—" for c in cells):
+                lines.append(f"| {label} | {LABELS[method]} | " + " | ".join(cells) + " |")
+    seconds = [r["seconds"] for r in runs if r["trainable"] == 8]
+    lines += ["", f"Fit time of one run: {min(seconds):.0f}–{max(seconds):.0f} s with five or "
+              "six runs sharing the GPU (the first run of each process also decoded its pair's "
+              "views)."]
+    write_section("domain-office31-gpu", "## Office-31: the whole backbone trained on a GPU "
+                  "(BatchNorm statistics kept vs batch statistics)\n\n" + "\n".join(lines))
+
+
 def write_table(settings: dict) -> None:
-    runs = [r for r in load_runs() if all(r.get(k) == v for k, v in settings.items())]
+    if settings["trainable"] >= 8:
+        write_gpu_table()
+        return
+    runs = [r for r in load_runs() if all(r.get(k) == v for k, v in settings.items())
+            and r.get("variant") == settings.get("variant")]
     if not runs:
         return
     plain = [r for r in runs if not r.get("weight_grid")]
+    # Runs made elsewhere (a GPU machine) carry their machine line and device.
+    machines = sorted({r["machine"] for r in runs if r.get("machine")})
+    devices = sorted({r["device"] for r in runs if r.get("device")})
+    notes = sorted({r["images"] for r in runs if r.get("images")})
+    whole = settings["trainable"] >= 8
+    if whole:
+        trained = ("the whole backbone (all 8 layer groups, at a tenth of the heads' learning "
+                   "rate) trains with the bottleneck and heads from the images themselves, each "
+                   "image decoded and augmented once per view")
+    elif settings["trainable"]:
+        trained = (f"the last {settings['trainable']} layer group(s) of the backbone train "
+                   "with the bottleneck and heads, the frozen rest runs once per image and view")
+    else:
+        trained = ("the bottleneck and heads train on the pooled features; the frozen "
+                   "backbone runs once per image and view")
     lines = [f"`python -m benchmarks.bench_domain_office31 --epochs {settings['epochs']} "
              f"--trainable {settings['trainable']} --views {settings['views']} --criterion "
-             f"{settings['criterion']} [--pairs …] [--methods …] [--seeds …]`; every run is kept "
-             "in `benchmarks/domain_office31_runs.json`. " + machine_line(), "",
-             "EfficientNet-Lite0 (ImageNet, the bundled weights) → bottleneck 256 → linear "
-             "classifier; " + (f"the last {settings['trainable']} layer group(s) of the "
-                               "backbone train with the bottleneck and heads, the frozen rest"
-                               if settings["trainable"] else
-                               "the bottleneck and heads train on the pooled features; the "
-                               "frozen backbone") + " runs once per image and view (centre "
-             f"crop + {settings['views']} augmented crops, cached). SGD 0.01, momentum 0.9 "
+             f"{settings['criterion']} [--pairs …] [--methods …] [--seeds …]"
+             + (" --device cuda" if devices else "") + "`; every run is kept "
+             "in `benchmarks/domain_office31_runs.json`. "
+             + ("; ".join(machines) + (f"; {', '.join(devices)}" if devices else "")
+                if machines else machine_line()), ""]
+    if notes:
+        lines += ["Images: " + "; ".join(notes), ""]
+    lines += ["EfficientNet-Lite0 (ImageNet, the bundled weights) → bottleneck 256 → linear "
+             f"classifier; {trained} (centre crop + {settings['views']} augmented crops"
+             + (")" if whole else ", cached)") + ". SGD 0.01, momentum 0.9 "
              "(Nesterov), annealed; "
              f"32 + 32 images per step, {settings['epochs']} epochs of max(n_source, n_target) "
              f"images; the epoch kept is the one with the best {settings['criterion'].upper()} "
@@ -211,11 +342,17 @@ def write_table(settings: dict) -> None:
     lines.append("| TLL source only (ResNet-50) | " + " | ".join(
         str(PUBLISHED["source only"][p]) for p in PAIRS) + " | 79.5 | | |")
     seconds = {pair: [r["seconds"] for r in plain if r["pair"] == pair] for pair in PAIRS}
-    lines += ["", "Fit time of one method on a pair (s, mean over its runs; cache warm, two runs "
-              "side by side on the 2 cores): " + ", ".join(
-                  f"{p.replace('-', '→')} {np.mean(v):.0f}" for p, v in seconds.items() if v)
-              + ". The first run of a pair also reads (or on a cold cache computes) the "
-              "activations: `--prewarm` computed all 4,110 images × 5 views once in 29 min."]
+    per_pair = ", ".join(f"{p.replace('-', '→')} {np.mean(v):.0f}" for p, v in seconds.items()
+                         if v)
+    if devices:
+        lines += ["", f"Fit time of one method on a pair (s, mean over its runs; on the GPU, "
+                  f"the six pairs' processes side by side): {per_pair}. The first run of each "
+                  "process also decoded its pair's images and views."]
+    else:
+        lines += ["", "Fit time of one method on a pair (s, mean over its runs; cache warm, "
+                  f"two runs side by side on the 2 cores): {per_pair}. The first run of a pair "
+                  "also reads (or on a cold cache computes) the activations: `--prewarm` "
+                  "computed all 4,110 images × 5 views once in 29 min."]
     # How well the criteria choose the epoch: target accuracy at the epoch each picks
     # (before AdaBN), against the last epoch and the best epoch in hindsight.
     rows = [r for r in plain if r.get("history") and r["history"][0].get("target_accuracy")
@@ -267,7 +404,13 @@ def write_table(settings: dict) -> None:
         lines.append(f"\nDEV picked what the labels would have picked in {agree['dev']} of "
                      f"{len(groups)} cases, SND in {agree['snd']}.")
     title = "## Deep domain adaptation on Office-31 (pretrained EfficientNet-Lite0)"
-    write_section(f"domain-office31-t{settings['trainable']}", title + "\n\n" + "\n".join(lines))
+    variant = settings.get("variant")
+    if variant:
+        title += f" — variant {variant}"
+        lines.insert(1, f"Variant `--variant {variant}`: {apply_variant.__doc__.split(':', 1)[1]}"
+                     .replace("\n    ", " ").strip() + "\n")
+    write_section(f"domain-office31-t{settings['trainable']}" + (f"-{variant}" if variant else ""),
+                  title + "\n\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ import torch
 from domain_problems import bars, colour_shift_problem
 from transferkit.errors import DataError
 from transferkit.methods.domain._deep_base import (
+    CHUNK_VALUES,
     DeepSourceOnly,
+    PairedDomains,
+    chunks,
     images_to_tensor,
     target_batchnorm_statistics,
 )
@@ -86,6 +89,37 @@ def test_target_batchnorm_statistics_are_the_target_moments():
     # In equal batches the running mean is the average of the batch means: the target mean.
     target_batchnorm_statistics(model, target, batch_size=8)
     assert torch.allclose(model[1].running_mean, conv.mean((0, 2, 3)), atol=1e-5)
+
+
+def test_inference_chunks_bound_the_values_not_the_rows():
+    features = torch.zeros(1300, 1280)  # pooled vectors: 512 rows at a time, as before
+    assert [len(c) for c in chunks(features)] == [512, 512, 276]
+    images = torch.zeros(300, 3, 224, 224)  # whole images: ~111 per chunk, 64 MB each
+    sizes = [len(c) for c in chunks(images)]
+    assert sum(sizes) == 300 and max(sizes) == CHUNK_VALUES // (3 * 224 * 224)
+    assert torch.equal(torch.cat(chunks(torch.arange(10.0).view(10, 1), at_most=3)),
+                       torch.arange(10.0).view(10, 1))
+
+
+def test_paired_domains_select_rows_by_index_as_a_copy_would():
+    """Rows chosen by index (no copy of gigabytes of cached views) give the very items, in
+    the very order and with the very random draws, of the copied subset they replace."""
+    source = torch.arange(20.0).view(10, 2)
+    labels = torch.arange(10)
+    target = torch.arange(100.0, 114.0).view(7, 2)
+    rows = np.array([7, 2, 5, 0, 9])
+    by_index = PairedDomains(source, labels, target, length=8, rows=rows)
+    copied = PairedDomains(source[rows], labels[rows], target, length=8)
+    torch.manual_seed(0)
+    first = [by_index[i] for i in range(len(by_index))]
+    torch.manual_seed(0)
+    second = [copied[i] for i in range(len(copied))]
+    for (xs, ys, xt), (cs, cy, ct) in zip(first, second):
+        assert torch.equal(xs, cs) and ys == cy and torch.equal(xt, ct)
+    # A partner drawn from selected rows of the source itself (source only, no target).
+    own = PairedDomains(source, labels, source, rows=rows, target_rows=rows)
+    partners = {tuple(own[i][2].tolist()) for i in range(50)}
+    assert partners <= {tuple(source[r].tolist()) for r in rows}
 
 
 def test_bad_input_is_refused_with_a_clear_error():

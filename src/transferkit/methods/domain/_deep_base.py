@@ -106,12 +106,18 @@ class PairedDomains:
     source) when given. The target partner is drawn with torch's global RNG (seeded and
     checkpointed by the training loop). With ``views``, rows are ``(views, ...)`` stacks
     (cached activations of augmented crops) and each draw takes one view at random.
+    ``rows`` / ``target_rows`` select the rows used (all by default) without copying the
+    tensors: a whole backbone's cached views are gigabytes.
     """
 
-    def __init__(self, source, labels, target, views: bool = False, length: int | None = None):
+    def __init__(self, source, labels, target, views: bool = False, length: int | None = None,
+                 rows=None, target_rows=None):
         self.source, self.labels, self.target = source, labels, target
+        self.rows = np.arange(len(source)) if rows is None else np.asarray(rows)
+        self.target_rows = np.arange(len(target)) if target_rows is None else \
+            np.asarray(target_rows)
         self.views = views
-        self.length = len(source) if length is None else int(length)
+        self.length = len(self.rows) if length is None else int(length)
 
     def __len__(self) -> int:
         return self.length
@@ -119,8 +125,8 @@ class PairedDomains:
     def __getitem__(self, index: int):
         import torch
 
-        index = index % len(self.source)
-        partner = int(torch.randint(len(self.target), ()))
+        index = int(self.rows[index % len(self.rows)])
+        partner = int(self.target_rows[int(torch.randint(len(self.target_rows), ()))])
         source, target = self.source[index], self.target[partner]
         if self.views:
             source = source[int(torch.randint(len(source), ()))]
@@ -137,31 +143,52 @@ def _validation_step(model, batch):
     return F.cross_entropy(logits, labels), (logits.argmax(1) == labels).sum(), len(labels)
 
 
+# Inference runs in chunks of at most this many input values (64 MB of float32): 512
+# pooled feature vectors at once, but ~100 whole images at 224 px, whose activations
+# inside the backbone are ten times larger again (several such runs share one GPU).
+CHUNK_VALUES = 2 ** 24
+
+
+def chunks(rows, at_most: int = 512):
+    """``rows`` split along the first axis into chunks of at most ``at_most`` rows and
+    about :data:`CHUNK_VALUES` values."""
+    per_row = max(1, int(np.prod(rows.shape[1:])))
+    return rows.split(max(1, min(at_most, CHUNK_VALUES // per_row)))
+
+
 def target_batchnorm_statistics(model, target, batch_size: int = 1024) -> None:
-    """Re-estimate every BatchNorm layer's statistics on the target images (AdaBN).
+    """Re-estimate on the target images the statistics of every BatchNorm layer that
+    normalises with batch statistics in training (AdaBN).
 
     Li, Wang, Shi, Liu & Hou 2016, "Revisiting Batch Normalization for Practical Domain
     Adaptation". The adapting methods normalise each domain with its own batch statistics
     while training, so the classifier learnt on features normalised *per domain*; the
     running averages, updated by both domains' passes, fit neither. Predicting the target
     with the target's own statistics keeps test time consistent with training. The
-    statistics are averaged over batches of ``batch_size`` (exact for one batch).
+    statistics are averaged over batches of ``batch_size`` (fewer for large inputs, see
+    :func:`chunks`; exact for one batch).
     """
     import torch
     from torch import nn
 
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # Only the layers that normalise with batch statistics in training: a module may keep
+    # some in inference mode (a pretrained backbone's, see _pretrained._BackboneTail), and
+    # those never saw per-domain statistics.
+    model.train()
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    model.eval()
     if not norms:
         return
-    model.eval()
     momenta = [m.momentum for m in norms]
     for module in norms:
         module.reset_running_stats()
         module.momentum = None  # cumulative average over the target batches
         module.train()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for chunk in target.split(batch_size):
-            model(chunk)
+        for chunk in chunks(target, batch_size):
+            model(chunk.to(device))
     for module, momentum in zip(norms, momenta):
         module.momentum = momentum
     model.eval()
@@ -184,11 +211,19 @@ class DomainTensors:
         """Source and labelled target rows together (both join the classification loss)."""
         import torch
 
+        if not len(self.target_labelled):
+            return self.source, self.labels  # no copy
         return (torch.cat([self.source, self.target_labelled]),
                 torch.cat([self.labels, self.target_labels]))
 
-    def centre(self, rows):
-        """``rows`` as single inputs: the centre view of each when rows hold views."""
+    def centre(self, rows, index=None):
+        """``rows`` (those at ``index``, when given) as single inputs: the centre view of
+        each when rows hold views. Indexes the centre view alone, never copying the others."""
+        import torch
+
+        if index is not None:
+            index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+            return rows[index, 0] if self.views else rows[index]
         return rows[:, 0] if self.views else rows
 
 
@@ -290,9 +325,12 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, Xt=None, yt=None):
         data = self._domain_tensors(X, y, Xt, yt)
         model, self.history_ = self._train(data)
-        self.model_ = model.cpu().eval()
         if len(data.target) and self._per_domain_batchnorm():
-            target_batchnorm_statistics(self.model_, data.centre(data.target))
+            # On the device it trained on: a whole backbone's forward pass over the target
+            # takes minutes on a CPU, seconds on a GPU.
+            target_batchnorm_statistics(model, data.centre(data.target))
+        self.fit_device_ = str(next(model.parameters()).device)
+        self.model_ = model.cpu().eval()
         self.n_features_ = int(self.model_.n_features)
         return self
 
@@ -402,19 +440,22 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         views = data is not None and data.views
         val_rows, train_rows = self._validation_split(len(source))
         n_val = len(val_rows)
-        partner = target if target is not None else source[train_rows]
+        # Rows are selected by index, never copied (see PairedDomains).
+        partner, partner_rows = (target, None) if target is not None else (source, train_rows)
         length = None
         if data is not None and data.length is not None:
-            length = max(len(train_rows), len(partner))
+            length = max(len(train_rows), len(partner if partner_rows is None else partner_rows))
         torch.manual_seed(int(self.random_state))
         batch_size = self._settings()["batch_size"]
-        train_loader = DataLoader(PairedDomains(source[train_rows], labels[train_rows], partner,
-                                                views=views, length=length),
+        train_loader = DataLoader(PairedDomains(source, labels, partner, views=views,
+                                                length=length, rows=train_rows,
+                                                target_rows=partner_rows),
                                   batch_size=batch_size, shuffle=True,
                                   drop_last=(length or len(train_rows)) > batch_size)
         val_loader = None
         if n_val:
-            val_images = source[val_rows][:, 0] if views else source[val_rows]
+            rows = torch.as_tensor(val_rows)
+            val_images = source[rows, 0] if views else source[rows]
             val_loader = DataLoader(TensorDataset(val_images, labels[val_rows]),
                                     batch_size=256, shuffle=False)
         return train_loader, val_loader
@@ -449,8 +490,8 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         # DEV's domain classifier learns source-train vs target features: a sample is enough.
         train_rows = rng.permutation(train_rows)[:CRITERION_SAMPLE]
         target = data.centre(data.target)
-        val_images, val_labels = data.centre(source[val_rows]), labels[val_rows]
-        train_images = data.centre(source[train_rows])
+        val_images, val_labels = data.centre(source, val_rows), labels[val_rows]
+        train_images = data.centre(source, train_rows)
         dev_target = np.sort(rng.permutation(len(data.target))[:CRITERION_SAMPLE])
 
         def evaluate(model):
@@ -458,7 +499,7 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
 
             def features(images):
                 return torch.cat([model.forward_features(chunk.to(device))
-                                  for chunk in images.split(512)]) if len(images) else None
+                                  for chunk in chunks(images)]) if len(images) else None
 
             target_features = features(target)
             probabilities = torch.softmax(model.forward_head(target_features).float(), 1)
@@ -548,14 +589,25 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         images = self._network_inputs(X)
         encoder = encoder if encoder is not None else self.model_.features
+        # The fitted network is kept on the CPU; it predicts on the device it trained on
+        # (when that device is still there: an estimator may travel to another machine).
+        device = torch.device(getattr(self, "fit_device_", "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            device = torch.device("cpu")
+        modules = [encoder, self.model_.classifier]
         outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(images), 512):
-                chunk = images[start:start + 512]
-                out = encoder(chunk)
-                if not features_only:
-                    out = torch.softmax(self.model_.classifier(out), 1)
-                outputs.append(out)
+        try:
+            for module in modules:
+                module.to(device)
+            with torch.inference_mode():
+                for chunk in chunks(images):
+                    out = encoder(chunk.to(device))
+                    if not features_only:
+                        out = torch.softmax(self.model_.classifier(out), 1)
+                    outputs.append(out.float().cpu())
+        finally:
+            for module in modules:
+                module.cpu()
         return torch.cat(outputs).numpy().astype(np.float64)
 
     def predict_proba(self, X) -> np.ndarray:
