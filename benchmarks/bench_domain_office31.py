@@ -68,6 +68,27 @@ def prewarm(trainable_values, views: int) -> None:
               f"{result.n_cached} cached, {time.perf_counter() - started:.0f} s", flush=True)
 
 
+RESIZED_NOTE = ("every image resized to 256 px on its short side (Lanczos, JPEG quality 85) "
+                "to fit the GPU machine's 64 MiB transfer; the eval transform's own resize is "
+                "256, so the centre crops are those of the shared set up to JPEG re-encoding")
+
+
+def resize_copy(destination: Path, root: Path = ROOT, side: int = 256, quality: int = 85) -> None:
+    """The copy of Office-31 the GPU runs read (:data:`RESIZED_NOTE`)."""
+    from PIL import Image
+
+    for path in sorted(root.glob("*/*/*")):
+        out = destination / path.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = side / min(image.size)
+            if scale < 1:
+                image = image.resize((round(image.width * scale), round(image.height * scale)),
+                                     Image.LANCZOS)
+            image.save(out.with_suffix(".jpg"), quality=quality)
+
+
 def apply_variant(variant: str) -> None:
     """Diagnostic changes to the whole-backbone protocol, '+'-joined: ``bn-train`` puts the
     backbone's BatchNorm layers in training mode (batch statistics, as before 2026-11-27;
@@ -159,8 +180,8 @@ def main(argv=None) -> None:
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="the Office-31 folder (amazon/, dslr/, webcam/)")
-    parser.add_argument("--images-note", default="",
-                        help="how these images differ from the shared set's (kept in each run)")
+    parser.add_argument("--images-note", default="", choices=["", "resized"],
+                        help="'resized': the images are the --resize-to copy (kept in each run)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: two of these side by side on 2 cores)")
@@ -170,7 +191,12 @@ def main(argv=None) -> None:
                         help="methods run after the others, with the first seed only")
     parser.add_argument("--runs-file", type=Path, default=RUNS)
     parser.add_argument("--variant", default="", help="see apply_variant")
+    parser.add_argument("--resize-to", type=Path, default=None,
+                        help="write the resized copy the GPU runs read, and stop")
     args = parser.parse_args(argv)
+    if args.resize_to is not None:
+        resize_copy(args.resize_to, args.root)
+        return
     if args.prewarm:
         prewarm(sorted({0, args.trainable}), args.views)
         return
@@ -202,7 +228,8 @@ def main(argv=None) -> None:
                                      args.device)
                     run = {"pair": pair, "method": method, "seed": seed, **settings,
                            "weight_grid": weight is not None, **result, "machine": machine,
-                           "device": device_name, "images": args.images_note or None}
+                           "device": device_name,
+                           "images": RESIZED_NOTE if args.images_note else None}
                     save_run(run, args.runs_file)
                     print(json.dumps(run), flush=True)
     write_table(settings)
@@ -299,7 +326,9 @@ def write_table(settings: dict) -> None:
                    "image decoded and augmented once per view")
     elif settings["trainable"]:
         trained = (f"the last {settings['trainable']} layer group(s) of the backbone train "
-                   "with the bottleneck and heads, the frozen rest runs once per image and view")
+                   "with the bottleneck and heads (their BatchNorm layers keep the pretrained "
+                   "statistics, see domain-office31-gpu), the frozen rest runs once per image "
+                   "and view")
     else:
         trained = ("the bottleneck and heads train on the pooled features; the frozen "
                    "backbone runs once per image and view")
@@ -404,6 +433,8 @@ def write_table(settings: dict) -> None:
         lines.append(f"\nDEV picked what the labels would have picked in {agree['dev']} of "
                      f"{len(groups)} cases, SND in {agree['snd']}.")
     title = "## Deep domain adaptation on Office-31 (pretrained EfficientNet-Lite0)"
+    if settings["trainable"]:
+        title += f": the last {settings['trainable']} layer group(s) trained too"
     variant = settings.get("variant")
     if variant:
         title += f" — variant {variant}"
