@@ -33,6 +33,7 @@ from transferkit.train.checkpoint import (
     set_rng_state,
     write_metrics_csv,
 )
+from transferkit.train import cpu_memory
 from transferkit.train.groups import keep_frozen_batchnorm_eval
 from transferkit.train.schedule import SCHEDULES, make_schedule
 
@@ -268,6 +269,9 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
 
     config.validate()
     accelerator = make_accelerator(config.device, config.precision)
+    on_cpu = accelerator.device.type == "cpu"
+    if on_cpu:  # large activations are freed and allocated again at every step
+        cpu_memory.keep_freed_memory()
     checkpoints = CheckpointDir(run_dir) if run_dir is not None else None
     # Several processes (torchrun / accelerate launch): each trains on its share of the
     # batches; the main process alone reads and writes the run folder and hands what it
@@ -429,6 +433,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
     if several:  # the next stage's main process may read what this one just wrote
         accelerator.wait_for_everyone()
     accelerator.free_memory()
+    if on_cpu:
+        cpu_memory.release_freed_memory()
     return result
 
 
