@@ -4,9 +4,10 @@ glibc's ``malloc`` hands out blocks above its mmap threshold (32 MB at most by d
 as fresh memory maps and unmaps them when freed. PyTorch's CPU allocator keeps no cache
 of its own, so every training step maps, zero-fills page by page (in the kernel) and
 unmaps each large activation and gradient again. Measured here (EfficientNet-Lite0, batch
-32 at 224 px, forward + backward + SGD step, 2 threads): 4.3 s per step, 3.3 s of them in
-the kernel; with the thresholds raised, 2.6 s per step (0.08 s in the kernel) and the
-peak resident memory 4.4 GB instead of 3.5 GB (`benchmarks/RESULTS.md`, speed summary).
+32 at 224 px, forward + backward + SGD step, 2 threads; `python -m benchmarks.bench_cpu_memory`,
+section cpu-memory of benchmarks/RESULTS.md): 4.67 s per step, 3.47 s of them in the
+kernel; with the thresholds raised, 2.72 s per step (0.07 s in the kernel) and a peak
+resident memory of 3.9 GB instead of 3.5 GB.
 
 :func:`keep_freed_memory` raises the thresholds once per process (glibc's ``mallopt``;
 elsewhere, or with ``TRANSFERKIT_MALLOC=system``, it does nothing);
