@@ -9,7 +9,7 @@
 # The shared Office-31 (88 MB) and Lite0's weights (19 MB) do not fit the machine's 64 MiB
 # transfer: `prepare` writes the copy resized to 256 px (bench_domain_office31.RESIZED_NOTE).
 # `run` starts one process per pair, side by side on the one GPU (five or six fit in 80 GB),
-# each running source only and MCC for seeds 0 1 2, and CDAN and DANN for seed 0 while
+# each running source only, SHOT and MCC for seeds 0 1 2, and CDAN and DANN for seed 0 while
 # DEADLINE_S allows; every finished run is appended to $OUT/runs.json.
 set -u
 case "${1:-}" in
@@ -29,7 +29,7 @@ run)
     pids=()
     for pair in A-W D-W W-D A-D D-A W-A; do
         timeout "$3" python3 -m benchmarks.bench_domain_office31 --root .dev/office31 \
-            --images-note resized --pairs $pair --methods deep-source-only mcc --seeds 0 1 2 \
+            --images-note resized --pairs $pair --methods deep-source-only shot mcc --seeds 0 1 2 \
             --more-methods cdan dann --epochs 10 --trainable 8 --views 4 --device cuda \
             --threads 2 --deadline "$2" ${variant:+--variant "$variant"} \
             --runs-file "$OUT/runs.json" 2>&1 | sed -u "s/^/[$pair] /" | cut -c1-300 >> "$OUT/log.txt" &

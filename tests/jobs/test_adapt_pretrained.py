@@ -45,6 +45,20 @@ def test_adapt_a_pretrained_backbone_and_choose_the_weight_without_labels(folder
     assert "chosen without target labels" in report and "deep embedded validation" in report
 
 
+def test_the_default_method_on_a_pretrained_backbone_is_shot_in_two_stages(folders, capsys):
+    out = folders / "run"
+    summary = run_json(capsys, "adapt", "--source", str(folders / "source"),
+                       "--target", str(folders / "target"),  # 10 images: less than a batch
+                       "--target-test", str(folders / "target"), "--epochs", "1",
+                       "--out", str(out))
+    assert summary["method"] == "shot" and summary["adaptation_weight"] == 0.3
+    assert [row["stage"] for row in summary["criterion_curve"]] == ["source", "target"]
+    assert summary["adapted_accuracy"] is not None
+    assert (out / "train" / "shot" / "target" / "metrics.csv").is_file()
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "SHOT&#x27;s target stage" in report or "SHOT's target stage" in report
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--method", "adda", "--backbone", "efficientnet_lite0"], "digit-cnn network only"),
     (["--method", "coral", "--trainable", "1"], "--trainable applies"),

@@ -34,7 +34,7 @@ def test_every_registered_name_builds_an_unfitted_estimator(name):
 
 def test_families_give_the_command_choices():
     assert list_methods(family="classifier") == ["linear_probe", "fne", "finetune"]
-    assert list_methods(family="domain-deep") == ["dann", "cdan", "mcc", "dan", "deep-coral",
+    assert list_methods(family="domain-deep") == ["dann", "cdan", "mcc", "shot", "dan", "deep-coral",
                                                   "adda", "domain-confusion", "drcn"]
     assert list_methods(family="domain-shallow") == ["coral", "subspace", "tca", "kmm",
                                                      "reweight"]

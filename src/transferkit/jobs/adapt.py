@@ -11,7 +11,7 @@ the domains before and after adaptation.
 
 The methods are the registry's two domain families:
 
-* ``domain-deep`` (``dann``, ``cdan``, ``mcc``, ``dan``, ``deep-coral``, ``adda``,
+* ``domain-deep`` (``dann``, ``cdan``, ``mcc``, ``shot``, ``dan``, ``deep-coral``, ``adda``,
   ``domain-confusion``, ``drcn``): train a network with the method's alignment term in
   the shared loop. With a registry ``backbone`` (default ``efficientnet_lite0``) the
   pretrained network → bottleneck → classifier, its last ``trainable`` layer groups
@@ -83,7 +83,7 @@ DEMO_EPOCHS = {"handwritten-to-photos": 30, "printed-to-handwritten": 15}
 WEIGHT_GRID = (0.3, 1.0, 3.0)
 CRITERIA = ("dev", "snd", "none")
 # The default method on a pretrained backbone (benchmarks/RESULTS.md, domain-office31).
-DEFAULT_PRETRAINED_METHOD = "mcc"
+DEFAULT_PRETRAINED_METHOD = "shot"
 DEFAULT_CRITERION = "dev"
 # The reference models of each family, by their role in the summary.
 BASELINES = {"domain-deep": {"source-only": "deep-source-only", "oracle": "deep-source-only"},
@@ -249,8 +249,8 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
                         f"{method} needs a pretrained feature backbone (default {DEFAULT_BACKBONE}).")
     if pretrained and digit_only:
         raise DataError(f"{method} works on the {DIGIT_BACKBONE} network only (32×32 images): "
-                        f"add --backbone {DIGIT_BACKBONE}, or choose dann, cdan, mcc, dan or "
-                        "deep-coral for a pretrained backbone.")
+                        f"add --backbone {DIGIT_BACKBONE}, or choose dann, cdan, mcc, shot, dan "
+                        "or deep-coral for a pretrained backbone.")
     if criterion not in (None, *CRITERIA):
         raise DataError(f"unknown criterion {criterion!r}; choose one of {list(CRITERIA)}.")
     if trainable is not None and not pretrained:
@@ -372,7 +372,8 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
         summary["adaptation_weight"] = float(adapted.adaptation_weight)
         summary["criterion_curve"] = [
             {"epoch": row["epoch"], "snd": row.get("snd"), "dev": row.get("dev"),
-             "val_accuracy": row.get("val_accuracy")}
+             "val_accuracy": row.get("val_accuracy"),
+             **({"stage": row["stage"]} if "stage" in row else {})}
             for row in adapted.history_ if row.get("snd") is not None]
         if len(candidates) > 1:
             summary["weight_selection"] = [
@@ -428,9 +429,12 @@ def _adaptation_weights(value, is_deep: bool, criterion: str | None) -> list:
 
 def _criterion_score(model, criterion: str) -> float:
     """The label-free score of a fitted deep model at the epoch it kept, signed so that
-    higher is better (DEV is a risk: its negative); -inf when it has none."""
-    scores = [row[criterion] for row in getattr(model, "history_", [])
-              if row.get(criterion) is not None]
+    higher is better (DEV is a risk: its negative); -inf when it has none. A method trained
+    in stages (SHOT) kept an epoch of its last stage: only those count."""
+    history = getattr(model, "history_", [])
+    last_stage = history[-1].get("stage") if history else None
+    scores = [row[criterion] for row in history
+              if row.get(criterion) is not None and row.get("stage") == last_stage]
     if not scores:
         return float("-inf")
     return max(scores) if criterion == "snd" else -min(scores)

@@ -36,6 +36,7 @@ register_method("deep-source-only", f"{_DOMAIN}._deep_base:DeepSourceOnly",
 register_method("dann", f"{_DOMAIN}.dann:DANN", family="domain-deep")
 register_method("cdan", f"{_DOMAIN}.cdan:CDAN", family="domain-deep")
 register_method("mcc", f"{_DOMAIN}.mcc:MCC", family="domain-deep")
+register_method("shot", f"{_DOMAIN}.shot:SHOT", family="domain-deep")
 register_method("dan", f"{_DOMAIN}.dan:DAN", family="domain-deep")
 register_method("deep-coral", f"{_DOMAIN}.deep_coral:DeepCORAL", family="domain-deep")
 register_method("adda", f"{_DOMAIN}.adda:ADDA", family="domain-deep")

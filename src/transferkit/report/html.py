@@ -473,6 +473,10 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
                 note = ("ADDA's adversarial stage: accuracy is the domain discriminator's "
                         "(0.5 = fooled by the target encoder, 1.0 = domains told apart); no "
                         "validation.")
+            if name.startswith("shot") and name.endswith("/target"):  # SHOT's second stage trains on unlabelled target images
+                note = ("SHOT's target stage: training accuracy is the agreement with the "
+                        "clustered pseudo-labels, not with true labels; validation = held-out "
+                        "source images, scored by the frozen source classifier.")
             out.append(_learning_curves(history, f"Learning curves: {name}", note))
     out.append(_skipped_files(summary.get("skipped", [])))
     return out

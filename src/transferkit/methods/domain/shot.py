@@ -1,0 +1,179 @@
+"""SHOT: source hypothesis transfer, information maximisation + clustered pseudo-labels.
+
+Liang, Hu & Feng 2020, "Do We Really Need to Access the Source Data? Source Hypothesis
+Transfer for Unsupervised Domain Adaptation" (ICML). Two stages:
+
+1. the network trained on the labelled source alone (exactly the source-only row);
+2. the classifier -- the source *hypothesis* -- frozen, the feature extractor (bottleneck,
+   and the backbone's trainable groups) trained on the unlabelled target alone with
+
+       L = mean_i H(p_i) − H(mean_i p_i) + β · CE(p_i, ŷ_i)
+
+   information maximisation (each prediction confident, the batch's predictions spread
+   over the classes, so that confidence does not collapse onto a few of them) and
+   self-supervised pseudo-labels ŷ: at the start of every epoch all target features
+   are clustered (:func:`cluster_pseudo_labels`, the official code's ``obtain_label``),
+   which corrects the source classifier's mistakes wherever the target's own feature
+   clusters disagree with it.
+
+β = ``adaptation_weight`` = 0.3, the paper's value for Office-31 (and its entropy weight
+1); learning rate, schedule and epochs as the other deep methods (stage 2's epochs are
+passes over the target). The source data is not needed by stage 2's loss; here it still
+serves the label-free criterion (DEV weighs held-out source errors), when one is chosen.
+Figures: ``benchmarks/RESULTS.md``, sections ``domain-office31-*``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transferkit.methods.domain._deep_base import (DeepSourceOnly, DomainTensors,
+                                                   _validation_step, chunks)
+
+
+def cluster_pseudo_labels(features: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """SHOT's self-supervised pseudo-labels of target ``features`` ``(n, d)`` given the
+    classifier's ``probabilities`` ``(n, c)``: features (with a constant 1 appended) are L2
+    normalised; class centroids are the probability-weighted means; each image takes the
+    class of the nearest centroid in cosine distance; centroids are recomputed from those
+    hard labels and each image labelled again. Classes the classifier predicts for no
+    image get no centroid (the official code's threshold 0)."""
+    features = np.hstack([features, np.ones((len(features), 1))])
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    n_classes = probabilities.shape[1]
+    present = np.flatnonzero(np.bincount(probabilities.argmax(1), minlength=n_classes))
+    weights = probabilities
+    for _ in range(2):  # the soft centroids, then one round of hard ones
+        centroids = weights.T @ features / (1e-8 + weights.sum(0)[:, None])
+        centroids = centroids[present]
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        labels = present[(features @ centroids.T).argmax(1)]
+        weights = np.eye(n_classes)[labels]
+    return labels
+
+
+def information_maximisation_loss(logits):
+    """Mean entropy of the predictions minus the entropy of their mean (lower is better)."""
+    import torch
+
+    probabilities = torch.softmax(logits.float(), 1)
+    entropy = -(probabilities * torch.log(probabilities + 1e-5)).sum(1).mean()
+    mean = probabilities.mean(0)
+    diversity = -(mean * torch.log(mean + 1e-5)).sum()
+    return entropy - diversity
+
+
+class _TargetItems:
+    """Dataset of ``(x_t, index)`` over the target rows (one random cached view each);
+    ``length`` items an epoch, wrapping around a target smaller than one batch (so that
+    every batch is full: BatchNorm cannot train on a single image)."""
+
+    def __init__(self, target, views: bool, length: int):
+        self.target, self.views, self.length = target, views, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        import torch
+
+        index = index % len(self.target)
+        item = self.target[index]
+        if self.views:
+            item = item[int(torch.randint(len(item), ()))]
+        return item, index
+
+
+class SHOT(DeepSourceOnly):
+    """Source training, then the frozen source classifier's features adapted to the
+    target (see the module docstring); ``adaptation_weight`` (default 0.3) is β."""
+
+    def __init__(self, epochs: int | None = None, batch_size: int | None = None,
+                 lr: float | None = None,
+                 adaptation_weight: float = 0.3, width: int = 1, val_fraction: float = 0.1,
+                 device: str = "auto", random_state: int = 0, progress: bool = False,
+                 run_dir: str | None = None, backbone: str | None = None,
+                 schedule: str | None = None, trainable: int = 0, bottleneck: int = 256,
+                 views: int = 4, criterion: str | None = None, cache_dir=None,
+                 use_cache: bool = True):
+        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr,
+                         adaptation_weight=adaptation_weight, width=width,
+                         val_fraction=val_fraction, device=device, random_state=random_state,
+                         progress=progress, run_dir=run_dir, backbone=backbone,
+                         schedule=schedule, trainable=trainable, bottleneck=bottleneck,
+                         views=views, criterion=criterion, cache_dir=cache_dir,
+                         use_cache=use_cache)
+
+    def _adapts(self) -> bool:
+        return True  # stage 2 trains on the target alone: its statistics are the target's
+
+    def _train(self, data: DomainTensors):
+        import torch
+        from torch.utils.data import DataLoader
+
+        # Stage 1: the source-only network (the base's loop without an adaptation term).
+        source, labels = data.pooled_labelled()
+        train_loader, val_loader = self._loaders(source, labels, None, data)
+        model = self._new_network()
+        epochs = self._settings()["epochs"]
+        evaluate = self._criterion_fn(data) if len(data.target) else None
+        first = self._run(model, self._param_groups(model), train_loader, val_loader,
+                          self._step_fn(False, 1), epochs, stage="source", evaluate=evaluate)
+        model, history = first.model, [dict(row, stage="source") for row in first.history]
+        if len(data.target) == 0:
+            return model, history
+
+        # Stage 2: the hypothesis (classifier) frozen, the features trained on the target.
+        for parameter in model.classifier.parameters():
+            parameter.requires_grad_(False)
+        frozen = {id(p) for p in model.classifier.parameters()}
+        groups = [dict(group, params=[p for p in group["params"] if id(p) not in frozen])
+                  for group in self._param_groups(model)]
+        torch.manual_seed(int(self.random_state) + 1)
+        batch_size = self._settings()["batch_size"]
+        target_loader = DataLoader(
+            _TargetItems(data.target, data.views, max(len(data.target), batch_size)),
+            batch_size=batch_size, shuffle=True, drop_last=True)
+        model.steps_done.zero_()
+        second = self._run(model, [g for g in groups if g["params"]], target_loader, val_loader,
+                           self._target_step(data, len(target_loader)), epochs, stage="target",
+                           evaluate=evaluate)
+        model = second.model
+        for parameter in model.classifier.parameters():
+            parameter.requires_grad_(True)
+        return model, history + [dict(row, stage="target") for row in second.history]
+
+    def _target_step(self, data: DomainTensors, steps_per_epoch: int):
+        import torch
+        import torch.nn.functional as F
+
+        images = data.centre(data.target)
+        pseudo = {}
+
+        def relabel(model):
+            """Cluster every target image's features (eval mode, as the official code)."""
+            device = next(model.parameters()).device
+            model.eval()
+            with torch.no_grad():
+                features = torch.cat([model.forward_features(chunk.to(device))
+                                      for chunk in chunks(images)])
+                probabilities = torch.softmax(model.forward_head(features).float(), 1)
+            model.train()
+            pseudo["labels"] = torch.as_tensor(cluster_pseudo_labels(
+                features.double().cpu().numpy(), probabilities.double().cpu().numpy()))
+
+        def step(model, batch):
+            if not model.training:  # validation: labelled held-out source
+                return _validation_step(model, batch)
+            if "labels" not in pseudo or model.steps_done % steps_per_epoch == 0:
+                relabel(model)
+            target, index = batch
+            logits = model.forward_head(model.forward_features(target))
+            labels = pseudo["labels"][index.cpu()].to(logits.device)
+            loss = information_maximisation_loss(logits) + \
+                self.adaptation_weight * F.cross_entropy(logits, labels)
+            model.steps_done += 1
+            # The accuracy the loop reports is agreement with the pseudo-labels.
+            return loss, (logits.argmax(1) == labels).sum(), len(labels)
+
+        return step
