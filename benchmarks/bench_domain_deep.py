@@ -49,11 +49,12 @@ from transferkit.methods.domain.dann import DANN
 from transferkit.methods.domain.deep_coral import DeepCORAL
 from transferkit.methods.domain.domain_confusion import DomainConfusionSoftLabels
 from transferkit.methods.domain.drcn import ReconstructionDA
+from transferkit.methods.domain.shot import SHOT
 
 PAPER_PROTOCOL = "DANN, paper protocol (SGD annealed, λ=1)"
 METHODS = {"source only": DeepSourceOnly, "DANN": DANN, "DAN (MK-MMD)": DAN,
            "Deep CORAL": DeepCORAL, "ADDA": ADDA, "DRCN": ReconstructionDA,
-           "domain confusion + soft labels": DomainConfusionSoftLabels,
+           "domain confusion + soft labels": DomainConfusionSoftLabels, "SHOT": SHOT,
            # DANN's default weighs the domain loss 0.3; the paper's weight 1, and public
            # code's 2 (it sums the source and target domain losses: twice our mean).
            "DANN, domain loss ×1 (paper)": functools.partial(DANN, adaptation_weight=1.0),

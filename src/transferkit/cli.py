@@ -89,7 +89,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; nothing half-written was kept.", file=sys.stderr)
+        print("interrupted; nothing half-written was kept (a training job's finished epochs "
+              "were: the same command resumes from them).", file=sys.stderr)
         return 130
     if worker:
         return 0

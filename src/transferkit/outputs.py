@@ -31,6 +31,7 @@ import functools
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -283,6 +284,40 @@ def remove_entry(path: Path) -> None:
         shutil.rmtree(path)
 
 
+# What the training loop writes into a run folder (transferkit.train.checkpoint and .loop):
+# the pointer and metrics table of each run, and the files of its checkpoint folders.
+_RUN_FILES = frozenset({"latest.json", "metrics.csv"})
+_CHECKPOINT_FILES = frozenset({"model.safetensors", "best.safetensors", "state.pt",
+                               "progress.json", "result.json"})
+_CHECKPOINT_FOLDER = re.compile(r"ckpt-\d{4,}|final|\.final-.+")
+
+
+def remove_training_state(path: Path) -> None:
+    """Delete the resumable training state under a work folder a command wrote (``train/``
+    of ``adapt``): the files the training loop writes, then the folders left empty. A file
+    a user put there stays, with the folders above it; links are removed, never followed."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    for root, folders, files in os.walk(path, topdown=False):
+        here = Path(root)
+        in_checkpoint = _CHECKPOINT_FOLDER.fullmatch(here.name) is not None
+        for name in files:
+            if name in _RUN_FILES or (in_checkpoint and name in _CHECKPOINT_FILES):
+                (here / name).unlink()
+        for name in folders:
+            if (here / name).is_symlink():
+                continue  # not ours to follow or to remove
+            try:
+                (here / name).rmdir()  # only when nothing is left in it
+            except OSError:
+                pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
 # -- the checks ----------------------------------------------------------------------------
 
 def _shown(given, resolved: Path) -> str:
@@ -428,7 +463,9 @@ def _prepare_output_folder(out, *, command: str, inputs=(), overwrite: bool = Fa
         if overwrite:
             for name in layout.work:
                 if name in own and os.path.lexists(folder / name):
-                    remove_entry(folder / name)
+                    # A work folder of transferkit's own name holds nothing of the user's.
+                    remove = remove_entry if name.startswith(OWN_PREFIX) else remove_training_state
+                    remove(folder / name)
     folder.mkdir(parents=True, exist_ok=True)
     mark_output_folder(folder, command, layout.entries)
     prepared = _prepared_in_this_run.get()

@@ -57,6 +57,7 @@ def test_the_default_method_on_a_pretrained_backbone_is_shot_in_two_stages(folde
     assert (out / "train" / "shot" / "target" / "metrics.csv").is_file()
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "SHOT&#x27;s target stage" in report or "SHOT's target stage" in report
+    assert "the lowest among its target stage" in report  # not the source stage's epochs
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -260,8 +261,23 @@ def test_an_interrupted_run_resumes_and_a_finished_one_is_replaced_only_with_ove
     user_folder(out)
     with pytest.raises(TransferkitError, match="--overwrite"):
         prepare_output_folder(out, command="adapt")
+    # Files of the user's inside train/ (the help promises added files are kept): they
+    # stay through --overwrite, with their folders; the training state goes.
+    mine = out / "train" / "usernote.txt"
+    mine.write_text("keep me")
+    theirs = out / "train" / "dann" / "source" / "ckpt-0002"
+    theirs.mkdir(parents=True)
+    for name in ("model.safetensors", "state.pt", "progress.json"):
+        (theirs / name).write_text("x")
+    (theirs.parent / "metrics.csv").write_text("epoch\n1\n")
+    (out / "train" / "dann" / "plot.png").write_bytes(b"mine too")
     prepare_output_folder(out, command="adapt", overwrite=True)
-    assert not (out / "train").exists()  # the new run starts over, not from the old checkpoints
+    # The new run starts over, not from the old checkpoints.
+    assert not checkpoint.exists() and not (out / "train" / "dann" / "source").exists()
+    assert mine.read_text() == "keep me"
+    assert (out / "train" / "dann" / "plot.png").read_bytes() == b"mine too"
+    shutil.rmtree(out / "train")
+    prepare_output_folder(out, command="adapt", overwrite=True)
     assert (out / "summary.json").is_file()  # replaced when the new run writes it
     for name, content in USER_FILES.items():
         assert (out / name).read_bytes() == content

@@ -427,11 +427,16 @@ def _adaptation_sections(run_dir: Path, summary: dict) -> list[str]:
             "" if trained is None else f" (last {trained} layer group(s) trained from "
             f"<code>{_esc(summary.get('cut', '?'))}</code> on, the rest frozen and cached)")])
     if summary.get("criterion"):
+        # A method trained in stages (SHOT) keeps an epoch of each: its last stage's is the
+        # model, chosen among that stage's epochs only (an earlier stage's is another model).
+        stages = list(dict.fromkeys(row["stage"] for row in summary.get("criterion_curve", [])
+                                    if row.get("stage")))
+        among = f" among its {_esc(stages[-1])} stage's epochs" if len(stages) > 1 else ""
         facts.append(["label-free criterion", _esc(summary["criterion"]) + {
             "snd": " (soft neighbourhood density of the target predictions; the epoch with "
-                   "the highest was kept)",
+                   f"the highest{among} was kept)",
             "dev": " (deep embedded validation: the held-out source risk re-weighted to the "
-                   "target; the epoch with the lowest was kept)"}.get(summary["criterion"], "")])
+                   f"target; the epoch with the lowest{among} was kept)"}.get(summary["criterion"], "")])
     if summary.get("adaptation_weight") is not None:
         facts.append(["adaptation weight", _number(summary["adaptation_weight"], "g")])
     if summary.get("seconds") is not None:

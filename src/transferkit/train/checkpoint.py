@@ -130,12 +130,17 @@ def dataset_fingerprint(dataset) -> str | None:
     Image files (a dataset with ``paths`` and ``labels``, such as
     :class:`transferkit.train.data.ImageFiles`): each file's content digest and its label,
     so moving the data keeps the fingerprint while one changed pixel or label changes it.
-    In-memory tensors (``TensorDataset``): their dtypes, shapes and bytes.
+    In-memory tensors (``TensorDataset``): their dtypes, shapes and bytes. Any other
+    dataset with a ``fingerprint()`` method (e.g. the domain-adaptation pairings of source
+    and target tensors): what it returns.
     """
     from torch.utils.data import TensorDataset
 
     from transferkit.features.cache import file_digest
 
+    own = getattr(dataset, "fingerprint", None)
+    if callable(own):
+        return own()
     digest = hashlib.sha256()
     if hasattr(dataset, "paths") and hasattr(dataset, "labels"):
         for path, label in zip(dataset.paths, dataset.labels, strict=True):
@@ -146,12 +151,23 @@ def dataset_fingerprint(dataset) -> str | None:
             digest.update(f"{content} {int(label)}\n".encode())
         return digest.hexdigest()
     if isinstance(dataset, TensorDataset):
-        for tensor in dataset.tensors:
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return tensors_fingerprint(*dataset.tensors)
     return None
+
+
+def tensors_fingerprint(*values) -> str:
+    """SHA-256 of tensors (dtype, shape and bytes) and plain values (their text), in order."""
+    digest = hashlib.sha256()
+    for value in values:
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        else:
+            digest.update(f"{value!r}\n".encode())
+    return digest.hexdigest()
 
 
 def data_fingerprint(train_loader, val_loader=None, extra=None) -> str:

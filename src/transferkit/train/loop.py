@@ -290,7 +290,8 @@ def fit_loop(model: nn.Module, param_groups: list[dict], train_loader: Iterable,
         data = data_digest or data_fingerprint(train_loader, val_loader)
         fingerprint = _fingerprint(config, optimizer, steps_per_epoch, data, settings)
     mismatch = (f"{run_dir} holds a checkpoint of a different training run (other settings or "
-                "data). Give a new run folder, or delete it to start over.")
+                "data). Give a new run folder, or start over (`--overwrite` on the command "
+                "line; it drops only the training state).")
     if checkpoints is not None and config.resume:
         final = distributed.on_main_process(checkpoints.load_final) if several else \
             checkpoints.load_final()

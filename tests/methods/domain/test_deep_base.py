@@ -56,6 +56,23 @@ def test_source_only_learns_and_the_domain_classifier_is_trained(tmp_path):
     assert int(adapted.model_.steps_done) == 2 * (180 // 32)
 
 
+def test_a_run_folder_refuses_a_resume_on_another_target(tmp_path):
+    """Checkpoints are matched on the data: the same source with a different target folder
+    is another run, not a resume (it used to reuse the first target's epochs silently)."""
+    from transferkit.train.loop import RunMismatchError
+
+    X, y = bars(80, 0)
+    Xt, _ = bars(80, 1, colour_shift=True)
+    other, _ = bars(80, 3, colour_shift=True)
+    run = str(tmp_path / "run")
+    first = DANN(epochs=1, batch_size=32, run_dir=run).fit(X, y, Xt)
+    again = DANN(epochs=1, batch_size=32, run_dir=run).fit(X, y, Xt)  # the same run: reused
+    for a, b in zip(first.model_.parameters(), again.model_.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(RunMismatchError, match="different training run"):
+        DANN(epochs=1, batch_size=32, run_dir=run).fit(X, y, other)
+
+
 @pytest.fixture(scope="module")
 def colour_shift():
     return colour_shift_problem()

@@ -122,6 +122,16 @@ class PairedDomains:
     def __len__(self) -> int:
         return self.length
 
+    def fingerprint(self) -> str:
+        """What a resumed run must find unchanged (checkpoints are matched on it): the
+        source, its labels, the target (a different target folder is a different run),
+        the rows used and the epoch's length."""
+        from transferkit.train.checkpoint import tensors_fingerprint
+
+        target = "the source" if self.target is self.source else self.target
+        return tensors_fingerprint(self.source, self.labels, target, self.rows,
+                                   self.target_rows, self.views, self.length)
+
     def __getitem__(self, index: int):
         import torch
 
@@ -173,10 +183,12 @@ def target_batchnorm_statistics(model, target, batch_size: int = 1024) -> None:
 
     # Only the layers that normalise with batch statistics in training: a module may keep
     # some in inference mode (a pretrained backbone's, see _pretrained._BackboneTail), and
-    # those never saw per-domain statistics.
+    # those never saw per-domain statistics; nor a frozen layer (weights that do not learn,
+    # e.g. SHOT's source classifier): a frozen layer does not change at all.
     model.train()
     norms = [m for m in model.modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+             and any(p.requires_grad for p in m.parameters(recurse=False))]
     model.eval()
     if not norms:
         return
