@@ -290,6 +290,9 @@ _RUN_FILES = frozenset({"latest.json", "metrics.csv"})
 _CHECKPOINT_FILES = frozenset({"model.safetensors", "best.safetensors", "state.pt",
                                "progress.json", "result.json"})
 _CHECKPOINT_FOLDER = re.compile(r"ckpt-\d{4,}|final|\.final-.+")
+# What an interrupted write_bytes_atomic of one of those may leave beside it.
+_LEFT_OVER = re.compile(r"\.(%s)\..+\.tmp" % "|".join(
+    re.escape(name) for name in sorted(_RUN_FILES | _CHECKPOINT_FILES)))
 
 
 def remove_training_state(path: Path) -> None:
@@ -303,7 +306,8 @@ def remove_training_state(path: Path) -> None:
         here = Path(root)
         in_checkpoint = _CHECKPOINT_FOLDER.fullmatch(here.name) is not None
         for name in files:
-            if name in _RUN_FILES or (in_checkpoint and name in _CHECKPOINT_FILES):
+            if name in _RUN_FILES or _LEFT_OVER.fullmatch(name) or (
+                    in_checkpoint and name in _CHECKPOINT_FILES):
                 (here / name).unlink()
         for name in folders:
             if (here / name).is_symlink():

@@ -270,6 +270,7 @@ def test_an_interrupted_run_resumes_and_a_finished_one_is_replaced_only_with_ove
     for name in ("model.safetensors", "state.pt", "progress.json"):
         (theirs / name).write_text("x")
     (theirs.parent / "metrics.csv").write_text("epoch\n1\n")
+    (theirs.parent / ".metrics.csv.k2j3.tmp").write_text("epoch\n")  # an interrupted write
     (out / "train" / "dann" / "plot.png").write_bytes(b"mine too")
     prepare_output_folder(out, command="adapt", overwrite=True)
     # The new run starts over, not from the old checkpoints.
