@@ -41,6 +41,8 @@ def test_adapt_a_pretrained_backbone_and_choose_the_weight_without_labels(folder
     assert summary["adaptation_weight"] == best["adaptation_weight"]
     assert summary["adapted_accuracy"] == best["target_accuracy"]
     assert len(summary["criterion_curve"]) == 2
+    kept = [row for row in summary["criterion_curve"] if row.get("kept")]
+    assert len(kept) == 1 and kept[0]["dev"] == min(r["dev"] for r in summary["criterion_curve"])
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "chosen without target labels" in report and "deep embedded validation" in report
 
@@ -53,6 +55,7 @@ def test_the_default_method_on_a_pretrained_backbone_is_shot_in_two_stages(folde
                        "--out", str(out))
     assert summary["method"] == "shot" and summary["adaptation_weight"] == 0.3
     assert [row["stage"] for row in summary["criterion_curve"]] == ["source", "target"]
+    assert [row["stage"] for row in summary["criterion_curve"] if row.get("kept")] == ["target"]
     assert summary["adapted_accuracy"] is not None
     assert (out / "train" / "shot" / "target" / "metrics.csv").is_file()
     report = (out / "report.html").read_text(encoding="utf-8")
@@ -98,3 +101,16 @@ def test_a_reweighting_method_reports_the_distance_of_the_reweighted_source(fold
     assert "proxy A-distance source↔target (95% interval): " in text
     assert f"{before['distance']:.2f} [{before['interval'][0]:.2f}, " in text
     assert "(source re-weighted)" in text
+
+
+def test_the_kept_epoch_is_the_last_stages_first_best():
+    from transferkit.jobs.adapt import _kept_row
+
+    curve = [{"epoch": 1, "stage": "source", "dev": 0.1, "snd": 9.0},
+             {"epoch": 1, "stage": "target", "dev": 0.5, "snd": 1.0},
+             {"epoch": 2, "stage": "target", "dev": float("nan"), "snd": 3.0},
+             {"epoch": 3, "stage": "target", "dev": 0.3, "snd": 3.0},
+             {"epoch": 4, "stage": "target", "dev": 0.3, "snd": 2.0}]
+    assert _kept_row(curve, "dev") is curve[3]  # not the source stage's 0.1, not the NaN
+    assert _kept_row(curve, "snd") is curve[2]  # the first of two equal best
+    assert _kept_row(curve, "none") is None and _kept_row([], "dev") is None

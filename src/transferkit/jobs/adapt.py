@@ -33,6 +33,7 @@ methods are made for); ``printed-to-handwritten`` is the failure case.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -375,6 +376,9 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
              "val_accuracy": row.get("val_accuracy"),
              **({"stage": row["stage"]} if "stage" in row else {})}
             for row in adapted.history_ if row.get("snd") is not None]
+        kept = _kept_row(summary["criterion_curve"], criterion)
+        if kept is not None:
+            kept["kept"] = True  # the epoch the fitted model is (the loop restored it)
         if len(candidates) > 1:
             summary["weight_selection"] = [
                 {"adaptation_weight": weight, "criterion": _criterion_score(model, criterion),
@@ -425,6 +429,18 @@ def _adaptation_weights(value, is_deep: bool, criterion: str | None) -> list:
     if not weight >= 0 or weight == float("inf"):
         raise DataError(f"--adaptation-weight must be a finite number >= 0, got {value!r}.")
     return [weight]
+
+
+def _kept_row(curve: list[dict], criterion: str | None) -> dict | None:
+    """The row of the epoch the training loop kept: the best criterion value of the last
+    stage (its first, as the loop keeps the first best), or None without a criterion."""
+    if criterion not in ("dev", "snd") or not curve:
+        return None
+    last = [row for row in curve if row.get("stage") == curve[-1].get("stage")
+            and row.get(criterion) is not None and not math.isnan(row[criterion])]
+    if not last:
+        return None
+    return (min if criterion == "dev" else max)(last, key=lambda row: row[criterion])
 
 
 def _criterion_score(model, criterion: str) -> float:
