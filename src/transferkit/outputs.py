@@ -297,16 +297,21 @@ _LEFT_OVER = re.compile(r"\.(%s)\..+\.tmp" % "|".join(
 
 def remove_training_state(path: Path) -> None:
     """Delete the resumable training state under a work folder a command wrote (``train/``
-    of ``adapt``): the files the training loop writes, then the folders left empty. A file
-    a user put there stays, with the folders above it; links are removed, never followed."""
+    of ``adapt``): in each run folder (one holding the loop's pointer or checkpoint
+    folders) the files the training loop writes, then the folders left empty. A file a
+    user put there stays, with the folders above it; links are removed, never followed."""
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
         return
-    for root, folders, files in os.walk(path, topdown=False):
+    walk = list(os.walk(path, topdown=False))  # links to folders are listed, not entered
+    runs = {Path(root) for root, folders, files in walk
+            if "latest.json" in files or any(_CHECKPOINT_FOLDER.fullmatch(f) for f in folders)}
+    for root, folders, files in walk:
         here = Path(root)
-        in_checkpoint = _CHECKPOINT_FOLDER.fullmatch(here.name) is not None
+        in_run = here in runs
+        in_checkpoint = here.parent in runs and _CHECKPOINT_FOLDER.fullmatch(here.name)
         for name in files:
-            if name in _RUN_FILES or _LEFT_OVER.fullmatch(name) or (
+            if (in_run and (name in _RUN_FILES or _LEFT_OVER.fullmatch(name))) or (
                     in_checkpoint and name in _CHECKPOINT_FILES):
                 (here / name).unlink()
         for name in folders:

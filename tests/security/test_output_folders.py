@@ -272,11 +272,15 @@ def test_an_interrupted_run_resumes_and_a_finished_one_is_replaced_only_with_ove
     (theirs.parent / "metrics.csv").write_text("epoch\n1\n")
     (theirs.parent / ".metrics.csv.k2j3.tmp").write_text("epoch\n")  # an interrupted write
     (out / "train" / "dann" / "plot.png").write_bytes(b"mine too")
+    own_table = out / "train" / "notes" / "metrics.csv"  # the loop's name, not in a run folder
+    own_table.parent.mkdir()
+    own_table.write_text("mine\n")
     prepare_output_folder(out, command="adapt", overwrite=True)
     # The new run starts over, not from the old checkpoints.
     assert not checkpoint.exists() and not (out / "train" / "dann" / "source").exists()
     assert mine.read_text() == "keep me"
     assert (out / "train" / "dann" / "plot.png").read_bytes() == b"mine too"
+    assert own_table.read_text() == "mine\n"
     shutil.rmtree(out / "train")
     prepare_output_folder(out, command="adapt", overwrite=True)
     assert (out / "summary.json").is_file()  # replaced when the new run writes it

@@ -444,16 +444,13 @@ def _kept_row(curve: list[dict], criterion: str | None) -> dict | None:
 
 
 def _criterion_score(model, criterion: str) -> float:
-    """The label-free score of a fitted deep model at the epoch it kept, signed so that
-    higher is better (DEV is a risk: its negative); -inf when it has none. A method trained
-    in stages (SHOT) kept an epoch of its last stage: only those count."""
-    history = getattr(model, "history_", [])
-    last_stage = history[-1].get("stage") if history else None
-    scores = [row[criterion] for row in history
-              if row.get(criterion) is not None and row.get("stage") == last_stage]
-    if not scores:
+    """The label-free score of a fitted deep model at the epoch it kept (its last stage's,
+    for a method trained in stages), signed so that higher is better (DEV is a risk: its
+    negative); -inf when it has none."""
+    kept = _kept_row(getattr(model, "history_", []), criterion)
+    if kept is None:
         return float("-inf")
-    return max(scores) if criterion == "snd" else -min(scores)
+    return kept[criterion] if criterion == "snd" else -kept[criterion]
 
 
 def _write_summary(folder: Path, summary: dict) -> None:
