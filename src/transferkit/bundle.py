@@ -33,8 +33,9 @@ FORMAT_VERSION = 1
 # a method that writes a name missing here, so the list cannot fall behind the methods.
 COMMON_FILES = ("config.json", "metrics.json")
 METHOD_FILES = {
-    "linear_probe": ("classifier.skops",),
-    "fne": ("classifier.skops",),  # saved as linear_probe; listed since it saves bundles too
+    # classifier.safetensors for the default pipelines, classifier.skops for the others.
+    "linear_probe": ("classifier.safetensors", "classifier.skops"),
+    "fne": ("classifier.safetensors", "classifier.skops"),  # saved as linear_probe
     "finetune": ("model.safetensors", "metrics.csv", "learning_curves.png"),
     "siamese": ("embedding.safetensors",),
     "distill": ("student.safetensors",),

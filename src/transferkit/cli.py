@@ -12,6 +12,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import warnings
 
@@ -97,13 +98,20 @@ def main(argv=None) -> int:
     if "seconds" in summary:
         # The summary's clock starts inside the job; a user's starts at the command.
         summary["seconds"] = max(summary["seconds"], _seconds_since_process_start())
-    if as_json:
-        json.dump(summary, sys.stdout, default=str)
-        sys.stdout.write("\n")
-    else:
-        text = job.render(summary)
-        if text:
-            print(text)
+    try:
+        if as_json:
+            json.dump(summary, sys.stdout, default=str)
+            sys.stdout.write("\n")
+        else:
+            text = job.render(summary)
+            if text:
+                print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (`| head`): the work is done and saved; print nothing more, and
+        # keep Python's exit flush from failing on the closed pipe with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a command stopped by SIGPIPE
     return 0
 
 

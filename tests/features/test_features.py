@@ -41,6 +41,23 @@ def test_second_extraction_is_a_cache_hit_with_no_forward_pass(tiny_backbone, im
     assert second.n_forward_images == 0
 
 
+def test_the_same_extractor_reads_each_entry_from_disk_once(tiny_backbone, image_folder,
+                                                            tmp_path, monkeypatch):
+    paths = _paths(image_folder)
+    FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c").extract(paths)
+    warm = FrozenExtractor(tiny_backbone, cache_dir=tmp_path / "c")
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    first = warm.extract(paths)
+    assert len(loads) == len(paths)
+    again = warm.extract(paths[::-1])  # fit's report reads the training features again
+    assert len(loads) == len(paths) and warm.n_forward_images == 0
+    np.testing.assert_array_equal(again.features, first.features[::-1])
+    again.features[0] += 1  # the caller's array is its own: the remembered rows stay
+    np.testing.assert_array_equal(warm.extract(paths).features, first.features)
+
+
 def test_cache_is_keyed_by_weights(tiny_backbone, image_folder, tmp_path):
     import torch
 

@@ -125,3 +125,14 @@ def test_fit_finetune_writes_a_bundle_with_learning_curves(tmp_path, capsys, tin
     assert len(predicted["predictions"]) == 6 and predicted["n_skipped"] == 1
     scored = run_json(capsys, "evaluate", str(out), str(new))
     assert scored["n"] == 6 and scored["accuracy"] >= 5 / 6
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_reader_that_leaves_early_gets_no_traceback(as_json):
+    # `transferkit ... | head`: the pipe closes before the summary is written.
+    command = [sys.executable, "-m", "transferkit", "backbones", *(["--json"] if as_json else [])]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141, err
+    assert b"Traceback" not in err and b"Error" not in err

@@ -153,7 +153,8 @@ _RUN_AND_LIST = """
 import json, sys
 from transferkit.cli import main
 code = main(sys.argv[1:])
-heavy = sorted({name.split('.')[0] for name in sys.modules} & {"torch", "timm", "torchvision"})
+heavy = sorted({name.split('.')[0] for name in sys.modules}
+               & {"torch", "timm", "torchvision", "skops"})
 print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
 """
 
@@ -168,4 +169,4 @@ def test_fit_from_a_store_imports_no_network_library(data_and_store, tmp_path):
                             capture_output=True, text=True, env=env)
     report = json.loads(result.stderr.strip().splitlines()[-1])
     assert report == {"code": 0, "heavy": []}, result.stderr
-    assert (tmp_path / "model" / "classifier.skops").is_file()
+    assert (tmp_path / "model" / "classifier.safetensors").is_file()

@@ -2,7 +2,8 @@
 
 A warm ``fit`` (every image's features in the cache) trains a scikit-learn classifier
 and writes a bundle, and ``predict`` on cached images loads it and applies it; neither
-needs PyTorch or timm, whose imports cost seconds. The
+needs PyTorch or timm, whose imports cost seconds, nor skops (the default classifier is
+saved as numbers, :mod:`transferkit.features.linear_head`). The
 command runs in a fresh interpreter that reports the modules it ended with, so a stray
 top-level ``import torch`` anywhere on the path fails here (not a timed assert).
 """
@@ -15,7 +16,7 @@ import sys
 
 from builders import write_class_folder
 
-HEAVY = ("torch", "timm", "torchvision")
+HEAVY = ("torch", "timm", "torchvision", "skops")
 
 # Runs the CLI, then prints which heavy top-level packages ended up in sys.modules.
 _RUN_AND_LIST = """
@@ -54,7 +55,7 @@ def test_warm_fit_imports_no_network_library(tmp_path, tiny_checkpoint, isolated
     warm = _run(["fit", str(data), "--out", str(tmp_path / "warm"), "--quiet", *model],
                 isolated_cache)
     assert warm["heavy"] == []
-    assert (tmp_path / "warm" / "classifier.skops").is_file()
+    assert (tmp_path / "warm" / "classifier.safetensors").is_file()
     # Predicting images whose features are cached loads the model without the network.
     predicted = _run(["predict", str(tmp_path / "warm"), str(data), "--json"], isolated_cache)
     assert predicted["heavy"] == []

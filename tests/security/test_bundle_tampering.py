@@ -50,6 +50,9 @@ def bundles(tmp_path_factory, tiny_checkpoint):
         warnings.simplefilter("ignore")
         probe = LinearProbe(weights=str(path), arch=arch, runtime="eager",
                             cache_dir=str(root / "cache")).fit(paths, labels)
+        # Any classifier but the default logistic regression is saved with skops.
+        svm_probe = LinearProbe(weights=str(path), arch=arch, runtime="eager", classifier="svm",
+                                cache_dir=str(root / "cache")).fit(paths, labels)
         tuner = FineTuner(weights=str(path), arch=arch, image_size=32, batch_size=8, epochs=1,
                           strategy="head", val_fraction=0, num_workers=0, progress=False,
                           device="cpu").fit(paths, labels)
@@ -60,19 +63,21 @@ def bundles(tmp_path_factory, tiny_checkpoint):
                                        embedding_dim=4, device="cpu").fit_features(
             rng.normal(size=(12, 8)).astype(np.float32), np.repeat(np.arange(3), 4))
     return {"linear_probe": save_bundle(probe, root / "linear_probe"),
+            "linear_probe_skops": save_bundle(svm_probe, root / "linear_probe_skops"),
             "finetune": save_bundle(tuner, root / "finetune"),
             "distill": save_bundle(student, root / "distill"),
             "siamese": save_bundle(similarity, root / "siamese"),
             "image": paths[0]}
 
 
-WEIGHTS = {"linear_probe": "classifier.skops", "finetune": "model.safetensors",
-           "distill": "student.safetensors", "siamese": "embedding.safetensors"}
-NOT_SAVED = {"linear_probe": "cache_dir", "finetune": "run_dir", "distill": "run_dir",
-             "siamese": "run_dir"}
-MISSING = {"linear_probe": "classes", "finetune": "head", "distill": "student",
-           "siamese": "threshold"}
-CLASSIFIERS = ("linear_probe", "finetune", "distill")
+WEIGHTS = {"linear_probe": "classifier.safetensors", "linear_probe_skops": "classifier.skops",
+           "finetune": "model.safetensors", "distill": "student.safetensors",
+           "siamese": "embedding.safetensors"}
+NOT_SAVED = {"linear_probe": "cache_dir", "linear_probe_skops": "cache_dir",
+             "finetune": "run_dir", "distill": "run_dir", "siamese": "run_dir"}
+MISSING = {"linear_probe": "classes", "linear_probe_skops": "classes", "finetune": "head",
+           "distill": "student", "siamese": "threshold"}
+CLASSIFIERS = ("linear_probe", "linear_probe_skops", "finetune", "distill")
 
 
 def _edit_config(change):
@@ -157,7 +162,8 @@ CASES = [
     ("class of wrong type", CLASSIFIERS, _set("classes", [["red"], "blue"]), r"classes\[0\]"),
     ("class added", CLASSIFIERS, _edit_config(_add_class), "3 classes but|has shape"),
     ("class repeated", CLASSIFIERS, _edit_config(_duplicate_class), "repeat"),
-    ("feature width changed", ("linear_probe", "finetune", "siamese"), _edit_config(_wider),
+    ("feature width changed", ("linear_probe", "linear_probe_skops", "finetune", "siamese"),
+     _edit_config(_wider),
      "features but|has shape"),
     ("n_features not a number", ("linear_probe", "siamese"), _set("n_features", "8"),
      "n_features should be integer"),
@@ -179,13 +185,13 @@ CASES = [
     ("weights truncated", "all", _write("weights", lambda t: t.read_bytes()[: t.stat().st_size // 2]),
      "not a readable|cannot rebuild"),
     ("weights garbled", "all", _write("weights", _garbled), "not a readable"),
-    ("skops schema not JSON", ("linear_probe",), _write("weights", _schema("{ not json")),
+    ("skops schema not JSON", ("linear_probe_skops",), _write("weights", _schema("{ not json")),
      "not a readable"),
-    ("skops schema incomplete", ("linear_probe",),
+    ("skops schema incomplete", ("linear_probe_skops",),
      _write("weights", _schema('{"__class__": "Pipeline", "protocol": 2}')), "not a readable"),
-    ("skops zip bomb", ("linear_probe",),
+    ("skops zip bomb", ("linear_probe_skops",),
      _write("weights", _schema(" " * 30_000_000, zipfile.ZIP_DEFLATED)), "would unpack"),
-    ("skops of another object", ("linear_probe",), _write("weights", _another_skops_object),
+    ("skops of another object", ("linear_probe_skops",), _write("weights", _another_skops_object),
      "not the classifier pipeline"),
     # Values the schema's types let through (hostile audit): each is refused as fit would.
     ("format version a boolean", "all", _set("format_version", True), "bundle format True"),
@@ -242,7 +248,7 @@ def test_a_damaged_or_tampered_bundle_gives_one_bundle_error_line(kind, edit, ex
 @pytest.mark.parametrize("kind", list(WEIGHTS))
 def test_untouched_bundles_still_load(kind, bundles, tmp_path):
     folder = shutil.copytree(bundles[kind], tmp_path / "model")
-    assert bundle_name_of(load_bundle(folder)) == kind
+    assert bundle_name_of(load_bundle(folder)) == kind.removesuffix("_skops")
 
 
 def test_weights_of_another_model_are_refused(bundles, tmp_path):

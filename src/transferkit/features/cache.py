@@ -23,6 +23,11 @@ from transferkit.errors import CacheError, DataError
 from transferkit.outputs import write_bytes_atomic
 
 CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
+# Each FeatureCache keeps the vectors it has read in this process, by content hash, up to
+# this many bytes: a command that reads the same images twice (a warm fit reads the
+# training features again for its report's map) then loads each entry from disk once,
+# and a large data set is not held twice in memory.
+MEMO_BYTES = 128 * 2**20
 
 
 def default_cache_dir() -> Path:
@@ -79,12 +84,23 @@ class FeatureCache:
         self.folder = namespace_folder(self.root / "features", identity, "extractor.json",
                                        "feature cache")
         self.n_invalid = 0
+        self._memo: dict[str, np.ndarray] = {}
+        self._memo_bytes = 0
+
+    def _remember(self, key: str, vector: np.ndarray) -> None:
+        if self._memo_bytes + vector.nbytes <= MEMO_BYTES:
+            vector.flags.writeable = False  # shared by every later get of the same key
+            self._memo[key] = vector
+            self._memo_bytes += vector.nbytes
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npy"
 
     def get(self, key: str) -> np.ndarray | None:
-        """The cached vector, or None when absent or unusable (it is then recomputed)."""
+        """The cached vector (read-only), or None when absent or unusable (it is then
+        recomputed)."""
+        if (vector := self._memo.get(key)) is not None:
+            return vector
         path = self._path(key)
         if not path.exists():
             return None
@@ -102,6 +118,7 @@ class FeatureCache:
             warnings.warn(f"feature cache entry {path} has shape {vector.shape}, expected "
                           f"({self.dim},); recomputing it.")
             return None
+        self._remember(key, vector)
         return vector
 
     def put(self, key: str, vector: np.ndarray) -> None:

@@ -19,6 +19,7 @@ test images are always scored shard by shard, so memory is bounded by a shard.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -305,10 +306,15 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
 
     # -- bundle -----------------------------------------------------------------------
     def _save_artifacts(self, folder: Path) -> dict:
-        from transferkit.skops_io import skops_io
+        from transferkit.features.linear_head import HEAD_FILE, head_steps, save_linear_head
 
         check_is_fitted(self, "classifier_")
-        skops_io().dump(self.classifier_, Path(folder) / SKOPS_FILE)
+        if head_steps(self.classifier_) is not None:  # the default: numbers, no skops
+            save_linear_head(self.classifier_, Path(folder) / HEAD_FILE)
+        else:
+            from transferkit.skops_io import skops_io
+
+            skops_io().dump(self.classifier_, Path(folder) / SKOPS_FILE)
         extractor = self._extractor()
         return {
             "backbone": extractor.identity()["backbone"],
@@ -332,9 +338,9 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         _check_pca(folder, params.get("pca"))
         check_backbone_names(folder, [("backbone", params.get("backbone")),
                                       ("arch", params.get("arch"))])
-        classifier = load_classifier(Path(folder) / SKOPS_FILE)
-        check_classes(folder, config["classes"], len(classifier.classes_), SKOPS_FILE)
-        check_width(folder, config["n_features"], int(classifier.n_features_in_), SKOPS_FILE)
+        classifier, file = _load_classifier_file(Path(folder))
+        check_classes(folder, config["classes"], len(classifier.classes_), file)
+        check_width(folder, config["n_features"], int(classifier.n_features_in_), file)
         estimator = cls(**config["params"])
         estimator.classifier_ = classifier
         estimator.classes_ = np.asarray(config["classes"])
@@ -353,6 +359,25 @@ def _check_pca(folder: Path, pca) -> None:
     raise BundleError(f"{folder}/config.json: params.pca is {pca!r}, neither a number of "
                       f"components (>= 1) nor a share of variance in (0, 1); the file was "
                       f"edited. {REDO_HINT}")
+
+
+def _load_classifier_file(folder: Path):
+    """(pipeline, file name): ``classifier.safetensors`` (the default pipelines, see
+    :mod:`transferkit.features.linear_head`) or ``classifier.skops`` (the others, and
+    every model saved before the former existed); a folder holding both was edited."""
+    from transferkit.features.linear_head import HEAD_FILE, load_linear_head
+
+    if (folder / HEAD_FILE).exists() or os.path.islink(folder / HEAD_FILE):
+        if (folder / SKOPS_FILE).exists():
+            raise BundleError(f"{folder} holds both {HEAD_FILE} and {SKOPS_FILE}, which no "
+                              f"model transferkit saves does; it was edited. {REDO_HINT}")
+        classifier = load_linear_head(folder / HEAD_FILE)
+        _check_steps_fit_together(folder / HEAD_FILE, classifier)
+        return classifier, HEAD_FILE
+    if not (folder / SKOPS_FILE).exists():
+        raise BundleError(f"{folder}: its classifier ({HEAD_FILE} or {SKOPS_FILE}) is "
+                          f"missing. {REDO_HINT}")
+    return load_classifier(folder / SKOPS_FILE), SKOPS_FILE
 
 
 def _types_named_in(schema) -> set[str]:
@@ -421,7 +446,7 @@ def load_classifier(path: Path):
     return classifier
 
 
-def _check_steps_fit_together(path: Path, classifier, unpacked: int) -> None:
+def _check_steps_fit_together(path: Path, classifier, unpacked: int | None = None) -> None:
     """Run the pipeline once on a row of zeros: its steps must take each other's widths
     and give one probability per class. Loading checks only the first step's width and
     the last step's classes, so inner steps that disagree would otherwise fail only at
@@ -433,7 +458,7 @@ def _check_steps_fit_together(path: Path, classifier, unpacked: int) -> None:
                           f"{first_line(exc)}). {REDO_HINT}") from exc
     # Every pipeline fit writes keeps per-feature numbers (scaler, embedding, weights), so
     # a width beyond the file's size is a lie, and the probe row would be that large.
-    if not 0 < width <= unpacked // 4:
+    if unpacked is not None and not 0 < width <= unpacked // 4:
         raise BundleError(f"{path}: the classifier claims {width} input features, which a "
                           f"file of {unpacked} bytes cannot describe. {REDO_HINT}")
     try:
