@@ -32,15 +32,23 @@ FORMAT_VERSION = 1
 # lists may be the user's (see :func:`transferkit.outputs.own_entries`). save_bundle refuses
 # a method that writes a name missing here, so the list cannot fall behind the methods.
 COMMON_FILES = ("config.json", "metrics.json")
+# A linear probe writes one of these: classifier.safetensors for the default pipelines,
+# classifier.skops for the others (transferkit.features.linear_head).
+CLASSIFIER_FILES = ("classifier.safetensors", "classifier.skops")
 METHOD_FILES = {
-    # classifier.safetensors for the default pipelines, classifier.skops for the others.
-    "linear_probe": ("classifier.safetensors", "classifier.skops"),
-    "fne": ("classifier.safetensors", "classifier.skops"),  # saved as linear_probe
+    "linear_probe": CLASSIFIER_FILES,
+    "fne": CLASSIFIER_FILES,  # saved as linear_probe; listed since it saves bundles too
     "finetune": ("model.safetensors", "metrics.csv", "learning_curves.png"),
     "siamese": ("embedding.safetensors",),
     "distill": ("student.safetensors",),
     "segment": ("segmenter.safetensors", "metrics.csv", "learning_curves.png"),
 }
+
+
+def weight_files(method: str) -> tuple[str, ...]:
+    """The names of which a saved model of ``method`` has one: its weights."""
+    files = METHOD_FILES[method]
+    return files if files == CLASSIFIER_FILES else files[:1]
 
 
 def bundle_file_names() -> set[str]:

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         print("interrupted; nothing half-written was kept (a training job's finished epochs "
               "were: the same command resumes from them).", file=sys.stderr)
         return 130
-    if worker:
+    if worker or sys.stdout is None:  # a closed stdout (`>&-`): nothing to print to
         return 0
     if "seconds" in summary:
         # The summary's clock starts inside the job; a user's starts at the command.

@@ -204,7 +204,7 @@ def bundle_config(folder: Path) -> dict | None:
     Many projects keep a ``config.json``; it counts as a model's only when it is of the
     current bundle format, names a registered bundle-saving method and that method's
     weights lie beside it (a regular file, not a link)."""
-    from transferkit.bundle import FORMAT_VERSION, METHOD_FILES
+    from transferkit.bundle import FORMAT_VERSION, METHOD_FILES, weight_files
     from transferkit.methods import list_methods
 
     folder = Path(folder)
@@ -217,7 +217,8 @@ def bundle_config(folder: Path) -> dict | None:
         return None
     if method not in METHOD_FILES or method not in list_methods(saves_bundle=True):
         return None
-    return config if _is_regular_file(folder / METHOD_FILES[method][0]) else None
+    weights = weight_files(method)
+    return config if any(_is_regular_file(folder / name) for name in weights) else None
 
 
 def is_transferkit_folder(folder: Path) -> bool:

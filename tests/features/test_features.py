@@ -58,6 +58,21 @@ def test_the_same_extractor_reads_each_entry_from_disk_once(tiny_backbone, image
     np.testing.assert_array_equal(warm.extract(paths).features, first.features)
 
 
+def test_the_caches_of_one_extractor_share_one_memory_budget(tmp_path):
+    from transferkit.features.cache import MEMO_ENTRY_BYTES, FeatureCache, MemoBudget
+
+    budget = MemoBudget(limit=3 * (4 * 8 + MEMO_ENTRY_BYTES))  # three 8-float vectors
+    caches = [FeatureCache(tmp_path, {"layer": name}, dim=8, memo=budget) for name in "ab"]
+    for cache in caches:
+        for key in ("k1", "k2"):
+            cache.put(key * 32, np.full(8, 1.0, dtype=np.float32))
+            cache.get(key * 32)
+    assert sum(len(cache._memo) for cache in caches) == 3 and budget.left == 0
+    # A put replaces what a get of the same key gives, memory returned to the budget.
+    caches[0].put("k1" * 32, np.full(8, 2.0, dtype=np.float32))
+    assert budget.left > 0 and caches[0].get("k1" * 32)[0] == 2.0
+
+
 def test_cache_is_keyed_by_weights(tiny_backbone, image_folder, tmp_path):
     import torch
 

@@ -70,3 +70,10 @@ def test_a_regression_with_other_settings_is_left_to_skops():
                                     LogisticRegression()).fit(X, y)) is None
     labelled = make_pipeline(StandardScaler(), LogisticRegression()).fit(X, np.array(["a", "b"])[y])
     assert head_steps(labelled) is None  # the probe's labels are 0, 1, ...; these are not
+    # Settings scikit-learn takes but the loader refuses, and a weighted scaler (whose
+    # count of images seen is not a whole number) stay with skops, which keeps them.
+    for odd in (LogisticRegression(C=np.inf), LogisticRegression(max_iter=0)):
+        assert head_steps(make_pipeline(StandardScaler(), odd).fit(X, y)) is None
+    weighted = make_pipeline(StandardScaler(), LogisticRegression())
+    weighted.fit(X, y, standardscaler__sample_weight=np.full(len(y), 0.3))
+    assert head_steps(weighted) is None

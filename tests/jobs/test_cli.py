@@ -136,3 +136,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback(as_json):
     err = process.stderr.read()
     assert process.wait(timeout=120) == 141, err
     assert b"Traceback" not in err and b"Error" not in err
+
+
+def test_a_closed_stdout_gets_no_traceback(tmp_path):
+    # `transferkit ... >&-`: Python then has no sys.stdout at all.
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -m transferkit backbones >&-"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr

@@ -84,9 +84,9 @@ CASES = [
      "it holds tensors"),
     ("half-precision weights", dict(tensors=_tensor("logisticregression.coef",
                                                     lambda v: v.astype(np.float16))),
-     "float16, not"),
+     "F16, not"),
     ("integer weights", dict(tensors=_tensor("standardscaler.mean",
-                                             lambda v: v.astype(np.int64))), "int64, not"),
+                                             lambda v: v.astype(np.int64))), "I64, not"),
     ("NaN weights", dict(tensors=_tensor("logisticregression.coef",
                                          lambda v: np.full_like(v, np.nan))), "not finite"),
     ("narrower coefficients", dict(tensors=_tensor("logisticregression.coef",
@@ -157,20 +157,66 @@ def _refused_by_predict(folder: Path, image: str, capsys, expected: str) -> None
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_folder_with_both_classifier_files_is_refused(probe_folder, tmp_path, capsys):
-    from transferkit.skops_io import skops_io
-
+def test_the_classifier_file_config_lists_is_the_one_loaded(probe_folder, tmp_path, capsys):
     bundle, probe, image = probe_folder
     assert (bundle / HEAD_FILE).is_file() and not (bundle / "classifier.skops").exists()
     folder = shutil.copytree(bundle, tmp_path / "model")
-    skops_io().dump(probe.classifier_, folder / "classifier.skops")
+    # A file of the other name beside the model is not the model's (a user's, or left by
+    # an older transferkit): config.json lists the one that is.
+    (folder / "classifier.skops").write_text("my notes\n")
+    np.testing.assert_array_equal(load_bundle(folder).predict_proba([image]),
+                                  probe.predict_proba([image]))
+    # A config listing both (edited) leaves no way to tell: refused.
+    config = json.loads((folder / "config.json").read_text())
+    config["files"].append("classifier.skops")
+    (folder / "config.json").write_text(json.dumps(config))
     _refused_by_predict(folder, image, capsys, "holds both")
+
+
+def test_a_user_file_at_the_other_classifier_name_survives_an_overwrite(tiny_checkpoint,
+                                                                        tmp_path):
+    from transferkit.jobs import fit
+
+    path, arch = tiny_checkpoint
+    data = write_class_folder(tmp_path / "data", per_class=4)
+    model = tmp_path / "model"
+    tiny = dict(weights=str(path), arch=arch, cache_dir=str(tmp_path / "cache"), report=False)
+    fit.run(data, model, **tiny)
+    (model / "classifier.skops").write_text("my notes\n")
+    fit.run(data, model, overwrite=True, **tiny)
+    assert (model / "classifier.skops").read_text() == "my notes\n"
+    assert load_bundle(model).classifier == "logreg"
+
+
+@pytest.mark.parametrize("classifier", ["logreg", "svm"])
+def test_a_model_folder_without_its_marker_is_still_a_model(tiny_checkpoint, tmp_path,
+                                                             classifier):
+    # Saved before folders had markers, or copied with `cp model/* elsewhere/`: replacing it
+    # with --overwrite must still be allowed, whichever classifier file it holds.
+    from transferkit.jobs import fit
+    from transferkit.outputs import MARKER
+
+    path, arch = tiny_checkpoint
+    data = write_class_folder(tmp_path / "data", per_class=4)
+    tiny = dict(weights=str(path), arch=arch, cache_dir=str(tmp_path / "cache"), report=False)
+    fit.run(data, tmp_path / "model", classifier=classifier, **tiny)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for entry in (tmp_path / "model").iterdir():
+        if entry.name != MARKER:
+            shutil.copy(entry, copy / entry.name)
+    fit.run(data, copy, overwrite=True, **tiny)
+    assert load_bundle(copy).classifier == "logreg"
 
 
 def test_a_folder_with_no_classifier_file_is_refused(probe_folder, tmp_path, capsys):
     bundle, _, image = probe_folder
     folder = shutil.copytree(bundle, tmp_path / "model")
     (folder / HEAD_FILE).unlink()
+    _refused_by_predict(folder, image, capsys, "classifier.safetensors is missing")
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("files")  # as models saved before bundles listed their files
+    (folder / "config.json").write_text(json.dumps(config))
     _refused_by_predict(folder, image, capsys, r"classifier \(classifier.safetensors or "
                                                r"classifier.skops\) is missing")
 
@@ -183,6 +229,9 @@ def test_a_model_saved_with_skops_before_still_loads_and_predicts_the_same(probe
     folder = shutil.copytree(bundle, tmp_path / "model")
     (folder / HEAD_FILE).unlink()  # how models were saved before classifier.safetensors
     skops_io().dump(probe.classifier_, folder / "classifier.skops")
+    config = json.loads((folder / "config.json").read_text())
+    config["files"] = [name.replace(HEAD_FILE, "classifier.skops") for name in config["files"]]
+    (folder / "config.json").write_text(json.dumps(config))
     old, new = load_bundle(folder), load_bundle(bundle)
     np.testing.assert_array_equal(old.predict_proba([image]), new.predict_proba([image]))
 
@@ -201,3 +250,78 @@ def test_an_overwrite_swaps_one_classifier_file_for_the_other(tiny_checkpoint, t
     assert load_bundle(model).classifier == "logreg"
     fit.run(data, model, overwrite=True, classifier="knn", **tiny)
     assert (model / "classifier.skops").is_file() and not (model / HEAD_FILE).exists()
+
+
+def _sparse_head(path: Path, width: int) -> Path:
+    """A classifier.safetensors whose header declares ``width`` features (gigabytes for a
+    large one) over a sparse file that takes no room on disk."""
+    import struct
+
+    shapes = {"standardscaler.mean": ("F64", [width]), "standardscaler.var": ("F64", [width]),
+              "standardscaler.scale": ("F64", [width]),
+              "standardscaler.n_samples_seen": ("I64", [1]),
+              "logisticregression.coef": ("F64", [1, width]),
+              "logisticregression.intercept": ("F64", [1]),
+              "logisticregression.classes": ("I64", [2]), "logisticregression.n_iter": ("I64", [1])}
+    header, offset = {"__metadata__": {
+        "format": "transferkit.linear-head/1", "steps": '["standardscaler", "logisticregression"]',
+        "settings": '{"C": 0.1, "max_iter": 1000, "tol": 0.0001}'}}, 0
+    for key, (dtype, shape) in sorted(shapes.items()):
+        size = 8 * int(np.prod(shape))
+        header[key] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header).encode()
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(text)) + text)
+        handle.truncate(8 + len(text) + offset)
+    return path
+
+
+def test_a_head_declaring_gigabytes_is_refused_before_a_byte_is_read(tmp_path):
+    # 2**27 features: 4 GiB of float64 declared by a file that takes a few kilobytes.
+    import subprocess
+    import sys
+
+    path = _sparse_head(tmp_path / HEAD_FILE, 2**27)
+    assert path.stat().st_blocks * 512 < 2**20
+    # The peak from /proc (VmHWM, kB): ru_maxrss would include the forking pytest's.
+    script = ("import re, sys\n"
+              "from transferkit.features.linear_head import load_linear_head\n"
+              "try:\n    load_linear_head(sys.argv[1], width=1280, n_classes=2)\n"
+              "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+              "status = open('/proc/self/status').read()\n"
+              "print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    message, peak_kib = done.stdout.strip().rsplit("\n", 1)
+    assert message.startswith("BundleError") and "has shape [134217728], not [1280]" in message
+    assert int(peak_kib) < 600 * 1024, "the declared tensors were read"
+
+
+def test_finite_weights_that_overflow_give_an_error_not_nan_probabilities(probe_folder,
+                                                                          tmp_path, capsys):
+    bundle, probe, image = probe_folder
+    folder = shutil.copytree(bundle, tmp_path / "model")
+    meta, arrays = _parts(folder / HEAD_FILE)
+    coef = arrays["logisticregression.coef"]
+    big = np.finfo(coef.dtype).max
+    coef[...] = np.where(np.arange(coef.size).reshape(coef.shape) % 2, big, -big)
+    arrays["standardscaler.scale"][...] = 1e-3
+    save_file(arrays, str(folder / HEAD_FILE), metadata=meta)
+    model = load_bundle(folder)  # the zero row it is checked on gives finite numbers
+    with pytest.raises(BundleError, match="not finite"):
+        model.predict_proba([image])
+    capsys.readouterr()
+    assert main(["predict", str(folder), image, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_head_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
+    import os
+
+    path = tmp_path / HEAD_FILE
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    with pytest.raises(BundleError, match="is not a regular file"):
+        load_linear_head(path)

@@ -297,6 +297,17 @@ def test_a_classifier_file_holding_a_kd_tree_is_refused(tmp_path):
     assert "algorithm='brute'" in repr(_fitted("knn", 2, 30)[-1])
 
 
+def _as_a_skops_model(folder: Path) -> None:
+    """A default linear probe's folder made to look like one whose classifier is
+    ``classifier.skops`` (written next by the caller), as models were saved before
+    ``classifier.safetensors`` existed."""
+    (folder / "classifier.safetensors").unlink()
+    config = json.loads((folder / "config.json").read_text())
+    config["files"] = [name.replace("classifier.safetensors", "classifier.skops")
+                       for name in config["files"]]
+    (folder / "config.json").write_text(json.dumps(config))
+
+
 def test_a_bundle_with_a_crafted_classifier_is_refused_by_predict(tmp_path, tiny_checkpoint,
                                                                   image_folder, capsys):
     path, arch = tiny_checkpoint
@@ -307,7 +318,7 @@ def test_a_bundle_with_a_crafted_classifier_is_refused_by_predict(tmp_path, tiny
     marker = tmp_path / "ran"
     # The default classifier is saved as classifier.safetensors (numbers only); a model
     # saved before that, or with another classifier, has a classifier.skops instead.
-    (folder / "classifier.safetensors").unlink()
+    _as_a_skops_model(folder)
     skops_file = folder / "classifier.skops"
     skops.io.dump(probe.classifier_, tmp_path / "good.skops")
     _with_payload(tmp_path / "good.skops", _call("builtins", "exec", _touch_code(marker)),
@@ -509,7 +520,7 @@ def test_a_classifier_whose_inner_steps_disagree_is_refused_at_load(probe_bundle
     config = json.loads((folder / "config.json").read_text())
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, config["n_features"])), np.arange(40) % 2
-    (folder / "classifier.safetensors").unlink()  # as a model saved with skops
+    _as_a_skops_model(folder)
     skops.io.dump(Pipeline([("scale", StandardScaler().fit(X)),
                             ("classify", LogisticRegression().fit(X[:, :10], y))]),
                   folder / "classifier.skops")

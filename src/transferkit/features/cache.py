@@ -23,11 +23,19 @@ from transferkit.errors import CacheError, DataError
 from transferkit.outputs import write_bytes_atomic
 
 CACHE_ENV = "TRANSFERKIT_CACHE_DIR"
-# Each FeatureCache keeps the vectors it has read in this process, by content hash, up to
-# this many bytes: a command that reads the same images twice (a warm fit reads the
-# training features again for its report's map) then loads each entry from disk once,
-# and a large data set is not held twice in memory.
+# The FeatureCaches of one extractor (one per layer) keep the vectors they have read in
+# this process, by content hash, up to this many bytes together: a command that reads the
+# same images twice (a warm fit reads the training features again for its report's map)
+# then loads each entry from disk once, and a large data set is not held twice in memory.
 MEMO_BYTES = 128 * 2**20
+MEMO_ENTRY_BYTES = 256  # what a kept entry costs beyond its numbers (array, key, dict slot)
+
+
+class MemoBudget:
+    """The bytes the FeatureCaches sharing this object may still keep in memory."""
+
+    def __init__(self, limit: int = MEMO_BYTES):
+        self.left = limit
 
 
 def default_cache_dir() -> Path:
@@ -77,7 +85,8 @@ def namespace_folder(parent: Path, identity: dict, meta_name: str, what: str) ->
 class FeatureCache:
     """Feature vectors of one extractor, addressed by image content hash."""
 
-    def __init__(self, root: str | os.PathLike, identity: dict, dim: int | None = None):
+    def __init__(self, root: str | os.PathLike, identity: dict, dim: int | None = None,
+                 memo: MemoBudget | None = None):
         self.root = Path(root).expanduser()
         self.identity = identity
         self.dim = dim
@@ -85,13 +94,18 @@ class FeatureCache:
                                        "feature cache")
         self.n_invalid = 0
         self._memo: dict[str, np.ndarray] = {}
-        self._memo_bytes = 0
+        self._budget = memo if memo is not None else MemoBudget()
 
     def _remember(self, key: str, vector: np.ndarray) -> None:
-        if self._memo_bytes + vector.nbytes <= MEMO_BYTES:
+        cost = vector.nbytes + MEMO_ENTRY_BYTES
+        if cost <= self._budget.left:
             vector.flags.writeable = False  # shared by every later get of the same key
             self._memo[key] = vector
-            self._memo_bytes += vector.nbytes
+            self._budget.left -= cost
+
+    def _forget(self, key: str) -> None:
+        if (vector := self._memo.pop(key, None)) is not None:
+            self._budget.left += vector.nbytes + MEMO_ENTRY_BYTES
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npy"
@@ -122,6 +136,7 @@ class FeatureCache:
         return vector
 
     def put(self, key: str, vector: np.ndarray) -> None:
+        self._forget(key)  # a later get reads what this put wrote
         path = self._path(key)
         path.parent.mkdir(exist_ok=True)
         from io import BytesIO

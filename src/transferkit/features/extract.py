@@ -38,6 +38,7 @@ from transferkit.data.dataset import as_paths
 from transferkit.errors import DataError, ImageDecodeError, TransferkitError
 from transferkit.features.cache import (
     FeatureCache,
+    MemoBudget,
     file_digest,
     namespace_key,
     resolve_cache_dir,
@@ -295,7 +296,9 @@ class FrozenExtractor:
     @property
     def caches(self) -> dict[str, FeatureCache] | None:
         if self.use_cache and self._caches is None:
-            self._caches = {name: FeatureCache(self.cache_root, self.layer_identity(name), dim)
+            memo = MemoBudget()  # shared by the layers' caches
+            self._caches = {name: FeatureCache(self.cache_root, self.layer_identity(name), dim,
+                                               memo)
                             for name, dim in self.dims.items()}
         return self._caches
 

@@ -258,7 +258,14 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "classifier_")
         if len(features) == 0:  # scikit-learn refuses an empty array
             return np.zeros((0, len(self.classes_)))
-        return self.classifier_.predict_proba(features)
+        with np.errstate(over="ignore", invalid="ignore"):  # said once, below
+            probabilities = self.classifier_.predict_proba(features)
+        if not np.isfinite(probabilities).all():
+            # Finite weights can still overflow: loading checks them on one row of zeros.
+            raise BundleError("the model's classifier gives probabilities that are not finite "
+                              "numbers for these images (its weights overflow); the model "
+                              f"folder is damaged or was edited. {REDO_HINT}")
+        return probabilities
 
     def predict_proba(self, X) -> np.ndarray:
         result = self.extract(X)
@@ -338,16 +345,18 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         _check_pca(folder, params.get("pca"))
         check_backbone_names(folder, [("backbone", params.get("backbone")),
                                       ("arch", params.get("arch"))])
-        classifier, file = _load_classifier_file(Path(folder))
-        check_classes(folder, config["classes"], len(classifier.classes_), file)
-        check_width(folder, config["n_features"], int(classifier.n_features_in_), file)
         estimator = cls(**config["params"])
-        estimator.classifier_ = classifier
-        estimator.classes_ = np.asarray(config["classes"])
-        estimator.n_features_in_ = config["n_features"]
+        # The width first (the backbone's, not only the file's word): the classifier file
+        # is then read only if its shapes are the ones this model needs.
         extractor = estimator._extractor()
         check_same_features(folder, config, extractor, "its classifier")
         check_width(folder, config["n_features"], int(extractor.dim), "the backbone's layers")
+        classifier, file = _load_classifier_file(Path(folder), config)
+        check_classes(folder, config["classes"], len(classifier.classes_), file)
+        check_width(folder, config["n_features"], int(classifier.n_features_in_), file)
+        estimator.classifier_ = classifier
+        estimator.classes_ = np.asarray(config["classes"])
+        estimator.n_features_in_ = config["n_features"]
         return estimator
 
 
@@ -361,23 +370,43 @@ def _check_pca(folder: Path, pca) -> None:
                       f"edited. {REDO_HINT}")
 
 
-def _load_classifier_file(folder: Path):
+def _load_classifier_file(folder: Path, config: dict):
     """(pipeline, file name): ``classifier.safetensors`` (the default pipelines, see
     :mod:`transferkit.features.linear_head`) or ``classifier.skops`` (the others, and
-    every model saved before the former existed); a folder holding both was edited."""
-    from transferkit.features.linear_head import HEAD_FILE, load_linear_head
+    every model saved before the former existed). The one config.json lists is the
+    model's (a file of the other name beside it is someone else's); a config listing
+    neither (saved before bundles listed their files) takes the one that is there."""
+    from transferkit.features.linear_head import HEAD_FILE, STEP_SEQUENCES, load_linear_head
 
-    if (folder / HEAD_FILE).exists() or os.path.islink(folder / HEAD_FILE):
-        if (folder / SKOPS_FILE).exists():
-            raise BundleError(f"{folder} holds both {HEAD_FILE} and {SKOPS_FILE}, which no "
-                              f"model transferkit saves does; it was edited. {REDO_HINT}")
-        classifier = load_linear_head(folder / HEAD_FILE)
-        _check_steps_fit_together(folder / HEAD_FILE, classifier)
-        return classifier, HEAD_FILE
-    if not (folder / SKOPS_FILE).exists():
-        raise BundleError(f"{folder}: its classifier ({HEAD_FILE} or {SKOPS_FILE}) is "
-                          f"missing. {REDO_HINT}")
-    return load_classifier(folder / SKOPS_FILE), SKOPS_FILE
+    listed = config.get("files") if isinstance(config.get("files"), list) else []
+    named = [name for name in (HEAD_FILE, SKOPS_FILE) if name in listed]
+    if len(named) != 1:
+        named = [name for name in (HEAD_FILE, SKOPS_FILE) if os.path.lexists(folder / name)]
+        if len(named) > 1:
+            raise BundleError(f"{folder} holds both {HEAD_FILE} and {SKOPS_FILE}, and its "
+                              f"config.json does not say which is the model's; it was edited. "
+                              f"{REDO_HINT}")
+        if not named:
+            raise BundleError(f"{folder}: its classifier ({HEAD_FILE} or {SKOPS_FILE}) is "
+                              f"missing. {REDO_HINT}")
+    if named[0] == SKOPS_FILE:
+        return load_classifier(folder / SKOPS_FILE), SKOPS_FILE
+    params = config["params"]
+    # logreg-cv falls back to logreg's fixed C when the classes are too small for folds.
+    if (params.get("classifier", "logreg") not in ("logreg", "logreg-cv", *STREAMING_CLASSIFIERS)
+            or params.get("embedding") is not None or params.get("pca") is not None):
+        raise BundleError(f"{folder}: {HEAD_FILE} holds a logistic regression, which "
+                          f"config.json's params (classifier {params.get('classifier')!r}, "
+                          f"embedding, pca) do not describe; it was edited. {REDO_HINT}")
+    classifier = load_linear_head(folder / HEAD_FILE, width=config["n_features"],
+                                  n_classes=len(config["classes"]))
+    normalised = classifier.steps[0][0] == STEP_SEQUENCES[1][0]
+    if normalised != (params.get("normalise") == "l2"):
+        raise BundleError(f"{folder}: {HEAD_FILE} {'does' if normalised else 'does not'} "
+                          f"normalise the features, config.json's params.normalise says "
+                          f"otherwise; it was edited. {REDO_HINT}")
+    _check_steps_fit_together(folder / HEAD_FILE, classifier)
+    return classifier, HEAD_FILE
 
 
 def _types_named_in(schema) -> set[str]:
