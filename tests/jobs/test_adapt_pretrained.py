@@ -58,6 +58,9 @@ def test_the_default_method_on_a_pretrained_backbone_is_shot_in_two_stages(folde
     assert [row["stage"] for row in summary["criterion_curve"] if row.get("kept")] == ["target"]
     assert summary["adapted_accuracy"] is not None
     assert (out / "train" / "shot" / "target" / "metrics.csv").is_file()
+    # Stage 1 is the source-only baseline's network, not trained a second time.
+    assert (out / "train" / "source-only" / "metrics.csv").is_file()
+    assert not (out / "train" / "shot" / "source").exists()
     report = (out / "report.html").read_text(encoding="utf-8")
     assert "SHOT&#x27;s target stage" in report or "SHOT's target stage" in report
     assert "the lowest among its target stage" in report  # not the source stage's epochs

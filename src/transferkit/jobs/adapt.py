@@ -315,7 +315,11 @@ def run(source=None, target=None, method: str | None = None, out=None, target_la
     y_adapt = np.r_[np.full(len(Xt), -1), yl] if semi else None
 
     source_only = estimator("source-only").fit(Xs, ys, Xt)
-    candidates = [(weight, estimator(method, weight).fit(Xs, ys, X_adapt, y_adapt))
+    # A method whose first stage is the source-only network (SHOT) starts from this one.
+    reuse = ({"source_only": source_only}
+             if is_deep and getattr(create_method(method), "starts_from_source_only", False)
+             else {})
+    candidates = [(weight, estimator(method, weight).fit(Xs, ys, X_adapt, y_adapt, **reuse))
                   for weight in weights]
     adapted = max(candidates, key=lambda pair: _criterion_score(pair[1], criterion))[1] \
         if len(candidates) > 1 else candidates[0][1]

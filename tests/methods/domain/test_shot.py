@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from domain_problems import bars, photo_pair
+from transferkit.errors import TransferkitError
 from transferkit.methods.domain._deep_base import DeepSourceOnly, images_to_tensor
 from transferkit.methods.domain.shot import (SHOT, cluster_pseudo_labels,
                                              information_maximisation_loss)
@@ -110,3 +111,24 @@ def test_shot_adapts_a_pretrained_backbone_on_image_files(tmp_path):
     assert model.n_features_ == 256
     assert model.predict(target).shape == (12,)
     assert model.predict_proba(target).shape == (12, 2)
+
+
+def test_a_given_source_only_network_is_stage_one_bit_for_bit():
+    # adapt trains the source-only baseline anyway; SHOT starting from it must end where
+    # SHOT training its own stage 1 ends, and leave the baseline as it was.
+    X, y = bars(120, 0)
+    Xt, _ = bars(120, 1, colour_shift=True)
+    settings = dict(epochs=2, batch_size=32, random_state=0)
+    plain = DeepSourceOnly(**settings).fit(X, y, Xt)
+    baseline = {k: v.clone() for k, v in plain.model_.state_dict().items()}
+    alone = SHOT(**settings).fit(X, y, Xt)
+    reused = SHOT(**settings).fit(X, y, Xt, source_only=plain)
+    for name, value in alone.model_.state_dict().items():
+        assert torch.equal(value, reused.model_.state_dict()[name]), name
+    untimed = [[{k: v for k, v in row.items() if k != "seconds"} for row in model.history_]
+               for model in (reused, alone)]
+    assert untimed[0] == untimed[1]
+    for name, value in plain.model_.state_dict().items():
+        assert torch.equal(value, baseline[name]), name
+    with pytest.raises(TransferkitError, match="epochs differ"):
+        SHOT(epochs=3, batch_size=32, random_state=0).fit(X, y, Xt, source_only=plain)

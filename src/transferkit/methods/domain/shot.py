@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from transferkit.errors import TransferkitError
 from transferkit.methods.domain._deep_base import (DeepSourceOnly, DomainTensors,
                                                    _validation_step, chunks)
 
@@ -115,6 +116,8 @@ class SHOT(DeepSourceOnly):
     """Source training, then the frozen source classifier's features adapted to the
     target (see the module docstring); ``adaptation_weight`` (default 0.3) is β."""
 
+    starts_from_source_only = True  # fit takes a fitted source-only network as stage 1
+
     def __init__(self, epochs: int | None = None, batch_size: int | None = None,
                  lr: float | None = None,
                  adaptation_weight: float = 0.3, width: int = 1, val_fraction: float = 0.1,
@@ -134,21 +137,62 @@ class SHOT(DeepSourceOnly):
     def _adapts(self) -> bool:
         return True  # stage 2 trains on the target alone: its statistics are the target's
 
+    def fit(self, X, y, Xt=None, yt=None, source_only=None):
+        """As the other deep methods; ``source_only``: a :class:`DeepSourceOnly` fitted on
+        the same ``X, y, Xt`` with the same settings (``adapt`` trains one as its
+        baseline), whose network is stage 1 -- what stage 1 would train, bit for bit
+        (tested) -- so that stage 1 is not trained twice."""
+        if source_only is not None:
+            self._check_stage_one(source_only)
+        self._stage_one = source_only
+        try:
+            return super().fit(X, y, Xt, yt)
+        finally:
+            del self._stage_one
+
+    # Settings that do not change stage 1 (the source-only training).
+    _STAGE_TWO_ONLY = ("adaptation_weight", "progress", "run_dir")
+
+    def _check_stage_one(self, source_only) -> None:
+        mine = {k: v for k, v in self.get_params().items() if k not in self._STAGE_TWO_ONLY}
+        theirs = {k: v for k, v in source_only.get_params().items()
+                  if k not in self._STAGE_TWO_ONLY}
+        if type(source_only) is not DeepSourceOnly or not hasattr(source_only, "model_"):
+            raise TransferkitError("SHOT's stage 1 can only be a fitted DeepSourceOnly.")
+        if mine != theirs:
+            differ = sorted(k for k in mine if mine[k] != theirs.get(k))
+            raise TransferkitError(f"SHOT's stage 1 must be a source-only network trained "
+                                   f"with its settings; {', '.join(differ)} differ.")
+
+    def _stage_one_network(self, data: DomainTensors, evaluate):
+        """(network, history) of stage 1: the given source-only network, else trained."""
+        import copy
+
+        given = getattr(self, "_stage_one", None)
+        if given is not None:  # a copy: the baseline stays as it was; the loop places it
+            return copy.deepcopy(given.model_), list(given.history_)
+        # The source-only network: the base's loop without an adaptation term.
+        source, labels = data.pooled_labelled()
+        train_loader, val_loader = self._loaders(source, labels, None, data)
+        model = self._new_network()
+        first = self._run(model, self._param_groups(model), train_loader, val_loader,
+                          self._step_fn(False, 1), self._settings()["epochs"], stage="source",
+                          evaluate=evaluate)
+        return first.model, first.history
+
     def _train(self, data: DomainTensors):
         import torch
         from torch.utils.data import DataLoader
 
-        # Stage 1: the source-only network (the base's loop without an adaptation term).
-        source, labels = data.pooled_labelled()
-        train_loader, val_loader = self._loaders(source, labels, None, data)
-        model = self._new_network()
-        epochs = self._settings()["epochs"]
+        # Stage 1: the source-only network.
         evaluate = self._criterion_fn(data) if len(data.target) else None
-        first = self._run(model, self._param_groups(model), train_loader, val_loader,
-                          self._step_fn(False, 1), epochs, stage="source", evaluate=evaluate)
-        model, history = first.model, [dict(row, stage="source") for row in first.history]
+        model, first = self._stage_one_network(data, evaluate)
+        history = [dict(row, stage="source") for row in first]
         if len(data.target) == 0:
             return model, history
+        source, labels = data.pooled_labelled()
+        _, val_loader = self._loaders(source, labels, None, data)
+        epochs = self._settings()["epochs"]
 
         # Stage 2: the hypothesis (classifier) frozen, the features trained on the target.
         for parameter in model.classifier.parameters():
