@@ -171,6 +171,10 @@ def _install_in_place(staging: Path, folder: Path, names: list[str], own_before:
 # becomes one BundleError naming the folder (the CLI prints one line, not a traceback).
 
 REDO_HINT = "Get the model folder again from where it came, or re-run `transferkit fit`."
+# The most classes a model folder may name: weights are read in the shapes config.json
+# gives (a linear probe's: classes × features), so the class count bounds what a crafted
+# folder can make a load allocate (1 GB for the default 1280 features in float64).
+MAX_CLASSES = 100_000
 
 # JSON's types as json.loads returns them. bool subclasses int in Python but is no
 # integer in JSON, so only "boolean" matches it.
@@ -293,6 +297,9 @@ def check_classes(folder: Path, classes: list, count: int | None = None, source:
     if len(classes) < 2:
         raise BundleError(f"{config_path} names {len(classes)} class(es); a classifier has at "
                           f"least two. The file was edited. {REDO_HINT}")
+    if len(classes) > MAX_CLASSES:
+        raise BundleError(f"{config_path} names {len(classes)} classes, more than the "
+                          f"{MAX_CLASSES} transferkit loads; the file was edited. {REDO_HINT}")
     if count is not None and len(classes) != count:
         raise BundleError(f"{config_path} names {len(classes)} classes but {source} has "
                           f"{count}; they come from different models or were edited. {REDO_HINT}")

@@ -253,9 +253,16 @@ def own_entries(folder: Path) -> set[str]:
     if config is not None:
         files = config.get("files")
         listed = {"config.json", "metrics.json", *(files if isinstance(files, list) else [])}
-        if marker is None and "files" not in config:
-            # A model saved before markers existed: fit also wrote its report there.
-            listed.update(LAYOUTS["fit"].entries)
+        if "files" not in config:
+            # A model saved before bundles listed their files: its weights are the one of
+            # its method's weight files that is there (a linear probe's two names both).
+            from transferkit.bundle import weight_files
+
+            present = [name for name in weight_files(config["method"])
+                       if os.path.lexists(folder / name)]
+            listed.update(present if len(present) == 1 else [])
+            if marker is None:  # saved before markers existed: fit also wrote its report
+                listed.update(LAYOUTS["fit"].entries)
         names |= {n for n in listed if _plain_name(n)} & transferkit_names()
     return names
 

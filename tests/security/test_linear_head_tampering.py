@@ -325,3 +325,35 @@ def test_a_head_that_is_not_a_regular_file_is_named_so(tmp_path, kind):
     os.mkfifo(path) if kind == "fifo" else path.mkdir()
     with pytest.raises(BundleError, match="is not a regular file"):
         load_linear_head(path)
+
+
+def test_overwriting_a_skops_model_saved_before_files_were_listed_replaces_its_classifier(
+        tiny_checkpoint, tmp_path):
+    from transferkit.jobs import fit
+    from transferkit.outputs import MARKER
+
+    path, arch = tiny_checkpoint
+    data = write_class_folder(tmp_path / "data", per_class=4)
+    model = tmp_path / "model"
+    tiny = dict(weights=str(path), arch=arch, cache_dir=str(tmp_path / "cache"), report=False)
+    fit.run(data, model, classifier="knn", **tiny)
+    (model / MARKER).unlink()  # as saved before markers and file lists
+    config = json.loads((model / "config.json").read_text())
+    config.pop("files")
+    (model / "config.json").write_text(json.dumps(config))
+    fit.run(data, model, overwrite=True, **tiny)
+    assert (model / HEAD_FILE).is_file() and not (model / "classifier.skops").exists()
+    fit.run(data, model, overwrite=True, classifier="knn", **tiny)  # and back
+    assert load_bundle(model).classifier == "knn"
+
+
+def test_a_config_naming_too_many_classes_is_refused_before_the_classifier_is_read(
+        probe_folder, tmp_path, capsys):
+    from transferkit.bundle import MAX_CLASSES
+
+    bundle, _, image = probe_folder
+    folder = shutil.copytree(bundle, tmp_path / "model")
+    config = json.loads((folder / "config.json").read_text())
+    config["classes"] = [f"c{i}" for i in range(MAX_CLASSES + 1)]
+    (folder / "config.json").write_text(json.dumps(config))
+    _refused_by_predict(folder, image, capsys, f"more than the {MAX_CLASSES}")

@@ -154,6 +154,8 @@ def _check_layout(path: Path, handle, width: int | None, n_classes: int | None) 
         if part.get_dtype() not in allowed:
             _refuse(path, f"{key} is {part.get_dtype()}, not {' or '.join(allowed)}")
         layout[key] = tuple(part.get_shape())
+    given = "" if width is None and n_classes is None else \
+        " (config.json's n_features and classes)"
     mean, classes = layout["standardscaler.mean"], layout["logisticregression.classes"]
     width = (mean[0] if len(mean) == 1 else 0) if width is None else width
     n_classes = (classes[0] if len(classes) == 1 else 0) if n_classes is None else n_classes
@@ -164,7 +166,7 @@ def _check_layout(path: Path, handle, width: int | None, n_classes: int | None) 
                 "logisticregression.classes": (n_classes,), "logisticregression.n_iter": (1,)}
     for key, shape in expected.items():
         if layout[key] != shape:
-            _refuse(path, f"{key} has shape {list(layout[key])}, not {list(shape)}")
+            _refuse(path, f"{key} has shape {list(layout[key])}, not {list(shape)}{given}")
 
 
 def _read(path: Path, width: int | None, n_classes: int | None):

@@ -262,9 +262,9 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
             probabilities = self.classifier_.predict_proba(features)
         if not np.isfinite(probabilities).all():
             # Finite weights can still overflow: loading checks them on one row of zeros.
-            raise BundleError("the model's classifier gives probabilities that are not finite "
-                              "numbers for these images (its weights overflow); the model "
-                              f"folder is damaged or was edited. {REDO_HINT}")
+            raise BundleError("the classifier gives probabilities that are not finite numbers "
+                              "for these images (its weights overflow on them); a model folder "
+                              f"it was loaded from is damaged or was edited. {REDO_HINT}")
         return probabilities
 
     def predict_proba(self, X) -> np.ndarray:
@@ -350,7 +350,8 @@ class LinearProbe(FrozenFeaturesMixin, ClassifierMixin, BaseEstimator):
         # is then read only if its shapes are the ones this model needs.
         extractor = estimator._extractor()
         check_same_features(folder, config, extractor, "its classifier")
-        check_width(folder, config["n_features"], int(extractor.dim), "the backbone's layers")
+        check_width(folder, config["n_features"], int(extractor.dim), "the backbone")
+        check_classes(folder, config["classes"])
         classifier, file = _load_classifier_file(Path(folder), config)
         check_classes(folder, config["classes"], len(classifier.classes_), file)
         check_width(folder, config["n_features"], int(classifier.n_features_in_), file)

@@ -164,7 +164,8 @@ def tensors_fingerprint(*values) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
-            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            if tensor.numel():  # an empty tensor has no bytes (and may not view as them)
+                digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
         else:
             digest.update(f"{value!r}\n".encode())
     return digest.hexdigest()

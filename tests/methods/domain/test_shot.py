@@ -130,5 +130,14 @@ def test_a_given_source_only_network_is_stage_one_bit_for_bit():
     assert untimed[0] == untimed[1]
     for name, value in plain.model_.state_dict().items():
         assert torch.equal(value, baseline[name]), name
-    with pytest.raises(TransferkitError, match="epochs differ"):
+    with pytest.raises(TransferkitError, match="these differ: epochs"):
         SHOT(epochs=3, batch_size=32, random_state=0).fit(X, y, Xt, source_only=plain)
+    # Other labels, other target images, other classes: not the network stage 1 would train.
+    with pytest.raises(TransferkitError, match="same images, labels and classes"):
+        SHOT(**settings).fit(X, 1 - y, Xt, source_only=plain)
+    with pytest.raises(TransferkitError, match="same images, labels and classes"):
+        SHOT(**settings).fit(X, y, Xt[:100], source_only=plain)
+    with pytest.raises(TransferkitError, match="same images, labels and classes"):
+        SHOT(**settings).fit(X, np.where(y == 1, 5, y), Xt, source_only=plain)
+    with pytest.raises(TransferkitError, match="fitted DeepSourceOnly"):
+        SHOT(**settings).fit(X, y, Xt, source_only={})

@@ -219,6 +219,13 @@ class DomainTensors:
         self.target_labelled, self.target_labels = target_labelled, target_labels
         self.views, self.length = views, length
 
+    def fingerprint(self) -> str:
+        """Every tensor of the fit (rows, labels, target) and the views/length settings."""
+        from transferkit.train.checkpoint import tensors_fingerprint
+
+        return tensors_fingerprint(self.source, self.labels, self.target, self.target_labelled,
+                                   self.target_labels, self.views, self.length)
+
     def pooled_labelled(self):
         """Source and labelled target rows together (both join the classification loss)."""
         import torch
@@ -336,6 +343,8 @@ class DeepSourceOnly(ClassifierMixin, BaseEstimator):
     # -- fitting -----------------------------------------------------------------------
     def fit(self, X, y, Xt=None, yt=None):
         data = self._domain_tensors(X, y, Xt, yt)
+        if type(self) is DeepSourceOnly:  # a method starting from it checks it was this data
+            self.data_fingerprint_ = data.fingerprint()
         model, self.history_ = self._train(data)
         if len(data.target) and self._per_domain_batchnorm():
             # On the device it trained on: a whole backbone's forward pass over the target

@@ -139,9 +139,10 @@ class SHOT(DeepSourceOnly):
 
     def fit(self, X, y, Xt=None, yt=None, source_only=None):
         """As the other deep methods; ``source_only``: a :class:`DeepSourceOnly` fitted on
-        the same ``X, y, Xt`` with the same settings (``adapt`` trains one as its
+        the same ``X, y, Xt, yt`` with the same settings (``adapt`` trains one as its
         baseline), whose network is stage 1 -- what stage 1 would train, bit for bit
-        (tested) -- so that stage 1 is not trained twice."""
+        (tested) -- so that stage 1 is not trained twice. Other settings, data or classes
+        are refused."""
         if source_only is not None:
             self._check_stage_one(source_only)
         self._stage_one = source_only
@@ -154,22 +155,28 @@ class SHOT(DeepSourceOnly):
     _STAGE_TWO_ONLY = ("adaptation_weight", "progress", "run_dir")
 
     def _check_stage_one(self, source_only) -> None:
+        if type(source_only) is not DeepSourceOnly or not hasattr(source_only, "model_"):
+            raise TransferkitError("SHOT's stage 1 can only be a fitted DeepSourceOnly.")
         mine = {k: v for k, v in self.get_params().items() if k not in self._STAGE_TWO_ONLY}
         theirs = {k: v for k, v in source_only.get_params().items()
                   if k not in self._STAGE_TWO_ONLY}
-        if type(source_only) is not DeepSourceOnly or not hasattr(source_only, "model_"):
-            raise TransferkitError("SHOT's stage 1 can only be a fitted DeepSourceOnly.")
         if mine != theirs:
             differ = sorted(k for k in mine if mine[k] != theirs.get(k))
             raise TransferkitError(f"SHOT's stage 1 must be a source-only network trained "
-                                   f"with its settings; {', '.join(differ)} differ.")
+                                   f"with its settings; these differ: {', '.join(differ)}.")
 
     def _stage_one_network(self, data: DomainTensors, evaluate):
         """(network, history) of stage 1: the given source-only network, else trained."""
         import copy
 
         given = getattr(self, "_stage_one", None)
-        if given is not None:  # a copy: the baseline stays as it was; the loop places it
+        if given is not None:
+            if (getattr(given, "data_fingerprint_", None) != data.fingerprint()
+                    or not np.array_equal(given.classes_, self.classes_)):
+                raise TransferkitError("SHOT's stage 1 must be a source-only network trained "
+                                       "on the same images, labels and classes; this one was "
+                                       "not.")
+            # A copy: the baseline stays as it was; the loop places it on the device.
             return copy.deepcopy(given.model_), list(given.history_)
         # The source-only network: the base's loop without an adaptation term.
         source, labels = data.pooled_labelled()
