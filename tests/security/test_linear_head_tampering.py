@@ -315,6 +315,10 @@ def test_finite_weights_that_overflow_give_an_error_not_nan_probabilities(probe_
     assert main(["predict", str(folder), image, "--json"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    # export blames the model folder too, not the file it wrote from it
+    assert main(["export", str(folder), "--out", str(tmp_path / "model.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "not finite" in err and err.count("\n") == 1 and not (tmp_path / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "folder"])

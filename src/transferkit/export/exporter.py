@@ -227,10 +227,12 @@ def _compare(estimator, data: bytes, work: Path, task: str) -> dict:
     paths = _check_images(work)
     if task == SEGMENTATION:
         return _compare_segmentation(estimator, exported, paths)
-    predictor = OnnxPredictor(exported)
+    # The model folder first: a fault of its own (weights that overflow) is named as such,
+    # not as a file that disagrees with its metadata.
     expected, ok, skipped = estimator.predict_paths(paths)
     if skipped or not ok.all():
         raise TransferkitError(f"the bundle could not read its check images ({skipped[:1]}).")
+    predictor = OnnxPredictor(exported)
     got = predictor.predict_proba(paths)
     deviation = float(np.abs(np.asarray(expected, dtype=np.float64) - got).max())
     same_top1 = bool((np.asarray(expected).argmax(axis=1) == got.argmax(axis=1)).all())
