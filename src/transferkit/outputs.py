@@ -254,8 +254,9 @@ def own_entries(folder: Path) -> set[str]:
         files = config.get("files")
         listed = {"config.json", "metrics.json", *(files if isinstance(files, list) else [])}
         if "files" not in config:
-            # A model saved before bundles listed their files: its weights are the one of
-            # its method's weight files that is there (a linear probe's two names both).
+            # A model saved before bundles listed their files: its weights are whichever of
+            # its method's weight names is there (a linear probe has two; both present is
+            # ambiguous, so neither is claimed).
             from transferkit.bundle import weight_files
 
             present = [name for name in weight_files(config["method"])
