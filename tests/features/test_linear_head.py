@@ -74,6 +74,7 @@ def test_a_regression_with_other_settings_is_left_to_skops():
     # count of images seen is not a whole number) stay with skops, which keeps them.
     for odd in (LogisticRegression(C=np.inf), LogisticRegression(max_iter=0)):
         assert head_steps(make_pipeline(StandardScaler(), odd).fit(X, y)) is None
+    assert head_steps(make_pipeline(StandardScaler(), LogisticRegression())) is None  # unfitted
     weighted = make_pipeline(StandardScaler(), LogisticRegression())
     weighted.fit(X, y, standardscaler__sample_weight=np.full(len(y), 0.3))
     assert head_steps(weighted) is None

@@ -495,16 +495,10 @@ def test_a_cached_feature_vector_that_is_a_pickle_is_recomputed_not_run(tmp_path
 
 # -- parts that do not fit together, and what a bundle keeps --------------------------------
 @pytest.fixture(scope="module")
-def probe_bundle(tmp_path_factory, tiny_checkpoint):
+def probe_bundle(probe_model):
     """A real linear-probe bundle on the tiny checkpoint, and an image to predict."""
-    from builders import write_class_folder
-
-    root = tmp_path_factory.mktemp("probe")
-    path, arch = tiny_checkpoint
-    paths = sorted(str(p) for p in write_class_folder(root / "images", per_class=4).glob("*/*.png"))
-    probe = LinearProbe(weights=str(path), arch=arch, runtime="eager",
-                        cache_dir=str(root / "cache")).fit(paths, [Path(p).parent.name for p in paths])
-    return save_bundle(probe, root / "model"), paths[0]
+    folder, _, image = probe_model
+    return folder, image
 
 
 def test_a_classifier_whose_inner_steps_disagree_is_refused_at_load(probe_bundle, tmp_path,

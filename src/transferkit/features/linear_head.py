@@ -60,10 +60,10 @@ def head_steps(pipeline) -> tuple[str, ...] | None:
         if params != kinds[name](**settings).get_params():
             return None
     scaler, model = pipeline.steps[-2][1], pipeline.steps[-1][1]
-    seen = getattr(scaler, "n_samples_seen_", None)
-    if np.ndim(seen) != 0 or seen < 1 or seen != int(seen) or not np.array_equal(
-            getattr(model, "classes_", None), np.arange(len(model.classes_))):
-        return None  # counts per feature or weighted, or labels other than 0, 1, ...
+    seen, classes = getattr(scaler, "n_samples_seen_", None), getattr(model, "classes_", None)
+    if (seen is None or np.ndim(seen) != 0 or seen < 1 or seen != int(seen) or classes is None
+            or not np.array_equal(classes, np.arange(len(classes)))):
+        return None  # unfitted, counts per feature or weighted, or labels other than 0, 1, ...
     if _settings_fault(_settings_of(model)) is not None:
         return None  # valid for scikit-learn, but not what the probe fits or the loader takes
     return names
